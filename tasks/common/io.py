@@ -1,0 +1,88 @@
+"""File I/O every task shares: image decoding with clear errors, and atomic writes.
+
+Datasets are large and real folders hold the odd broken file, so decoding raises one
+exception type (`ImageReadError`) that datasets catch to skip-and-count instead of dying.
+Result files, checkpoints and indexes are written through `atomic_write` so that a crash
+never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode `path` to an RGB uint8 array of shape (H, W, 3)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageReadError(f"{path}: not a readable image ({err})") from err
+
+
+class SkipCounter:
+    """Counts images skipped because they could not be decoded, and logs each one once."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def record(self, err: ImageReadError, path: str | os.PathLike) -> None:
+        self.paths.append(str(path))
+        log.warning("skipped corrupt image (%d so far): %s", len(self.paths), err)
+
+
+def read_first_readable(paths_at, start: int, count: int, skipped: SkipCounter):
+    """Return `(index, image)` for the first decodable item at or after `start` (wrapping).
+
+    `paths_at(i)` gives the file of item i. Bad files are recorded in `skipped`; a dataset
+    whose every file is bad raises, since silently looping forever helps nobody.
+    """
+    for offset in range(count):
+        index = (start + offset) % count
+        path = paths_at(index)
+        try:
+            return index, read_image(path)
+        except ImageReadError as err:
+            skipped.record(err, path)
+    raise ImageReadError(f"no readable image among {count} files (first: {paths_at(start)})")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)

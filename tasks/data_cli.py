@@ -1,0 +1,18 @@
+"""`mobilenets data <generator> ...`: write the built-in synthetic datasets to disk in real formats."""
+
+from __future__ import annotations
+
+import sys
+
+from tasks.common.lightning_cli import load_object
+
+GENERATORS = {
+    "synth-shapes": "tasks.detection.synth:main",
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in GENERATORS:
+        print(f"usage: mobilenets data {{{','.join(GENERATORS)}}} [args]", file=sys.stderr)
+        return 2
+    return load_object(GENERATORS[argv[0]])(argv[1:]) or 0

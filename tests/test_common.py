@@ -1,0 +1,100 @@
+"""The pieces every task shares: optimiser groups, schedules, config round trips, atomic writes, image errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backbone import mobilenet_v1
+from tasks.common.config import BackboneConfig, OptimConfig, as_dataclass, plain
+from tasks.common.io import ImageReadError, SkipCounter, atomic_write, read_first_readable, read_image
+from tasks.common.optim import build_optimizer, lr_factor, no_decay_parameter_names, parameter_groups
+
+
+def test_no_decay_covers_exactly_depthwise_bn_and_bias():
+    model = mobilenet_v1(width_mult=0.25, num_classes=10)
+    exempt = no_decay_parameter_names(model)
+    # 27 BN layers x (weight, bias) + 13 depthwise filters + the classifier bias
+    assert len(exempt) == 27 * 2 + 13 + 1
+    assert "layers.Conv2d_5.depthwise.conv.weight" in exempt
+    assert "layers.Conv2d_5.pointwise.conv.weight" not in exempt
+    assert "classifier.bias" in exempt and "classifier.weight" not in exempt
+
+
+def test_parameter_groups_split_and_cover_every_parameter():
+    model = mobilenet_v1(width_mult=0.25, num_classes=10)
+    decay, no_decay = parameter_groups(model, OptimConfig(weight_decay=4e-5))
+    assert decay["weight_decay"] == 4e-5 and no_decay["weight_decay"] == 0.0
+    # stem + 13 pointwise + classifier weight are decayed
+    assert len(decay["params"]) == 15
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    (everything,) = parameter_groups(model, OptimConfig(weight_decay=4e-5, decay_all=True))
+    assert len(everything["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("name, cls", [("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD),
+                                       ("adamw", torch.optim.AdamW)])
+def test_build_optimizer_kinds(name, cls):
+    optimizer = build_optimizer(mobilenet_v1(width_mult=0.25, num_classes=3), OptimConfig(name=name, lr=0.1))
+    assert isinstance(optimizer, cls)
+    assert optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_lr_schedules():
+    cosine = OptimConfig(schedule="cosine", warmup_epochs=1)
+    factors = [lr_factor(s, cfg=cosine, total_steps=110, steps_per_epoch=10) for s in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)  # linear warm-up
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5)
+    assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    step = OptimConfig(schedule="step", step_epochs=2.5, step_gamma=0.94)
+    assert lr_factor(24, cfg=step, total_steps=100, steps_per_epoch=10) == 1.0
+    assert lr_factor(25, cfg=step, total_steps=100, steps_per_epoch=10) == pytest.approx(0.94)
+    assert lr_factor(50, cfg=step, total_steps=100, steps_per_epoch=10) == pytest.approx(0.94**2)
+
+
+def test_backbone_config_round_trips_through_plain_dicts():
+    config = BackboneConfig(width_mult=0.5, shallow=True)
+    saved = plain({"backbone": config, "other": [config]})
+    assert saved == {"backbone": saved["backbone"], "other": [saved["backbone"]]}
+    assert isinstance(saved["backbone"], dict)
+    assert as_dataclass(BackboneConfig, saved["backbone"]) == config
+    model = config.build(num_classes=0)
+    assert model.num_features == 512 and "Conv2d_9_pointwise" not in model.end_points
+    with pytest.raises(TypeError, match="BackboneConfig"):
+        as_dataclass(BackboneConfig, 3)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "result.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    with atomic_write(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+
+
+def test_corrupt_images_are_named_and_skipped(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageReadError, match="bad.jpg"):
+        read_image(bad)
+    with pytest.raises(ImageReadError, match="missing.jpg: file not found"):
+        read_image(tmp_path / "missing.jpg")
+    skipped = SkipCounter()
+    paths = [bad, good]
+    index, image = read_first_readable(paths.__getitem__, 0, len(paths), skipped)
+    assert index == 1 and image.shape == (8, 8, 3) and image[0, 0, 0] == 7
+    assert len(skipped) == 1 and skipped.paths == [str(bad)]
+    with pytest.raises(ImageReadError, match="no readable image"):
+        read_first_readable([bad].__getitem__, 0, 1, skipped)
