@@ -58,7 +58,8 @@ def usage() -> str:
     lines = ["usage: mobilenets <command> ...", "", "tasks (LightningCLI: fit, validate, test, predict):"]
     for spec in TASKS.values():
         tools = f"; also: {', '.join(spec.tools)}" if spec.tools else ""
-        lines.append(f"  {spec.name:<16} default config configs/{spec.name.replace('-', '_')}/{spec.default_config}{tools}")
+        config = spec.default_config_path.relative_to(spec.default_config_path.parents[2])
+        lines.append(f"  {spec.name:<16} default config {config}{tools}")
     lines += ["", "tools:", *(f"  {name}" for name in TOOLS)]
     return "\n".join(lines)
 

@@ -8,15 +8,14 @@ never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from backbone.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
@@ -66,21 +65,6 @@ def read_first_readable(paths_at, start: int, count: int, skipped: SkipCounter):
         except ImageReadError as err:
             skipped.record(err, path)
     raise ImageReadError(f"no readable image among {count} files (first: {paths_at(start)})")
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

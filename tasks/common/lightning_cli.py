@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import Callable
 
 from pytorch_lightning.cli import LightningCLI
 
@@ -48,10 +49,20 @@ class TaskSpec:
         return CONFIG_ROOT / self.name.replace("-", "_") / self.default_config
 
 
+def new_run_version() -> str:
+    """A fresh run directory name (a timestamp, suffixed if a run already took it)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    version, n = stamp, 0
+    while any(RUNS_ROOT.glob(f"*/{version}")):
+        n += 1
+        version = f"{stamp}-{n}"
+    return version
+
+
 def run_version() -> str:
-    """This run's directory name; rank 0 chooses it and DDP workers inherit it."""
-    if RUN_VERSION_ENV not in os.environ:
-        os.environ[RUN_VERSION_ENV] = time.strftime("%Y%m%d-%H%M%S")
+    """This run's directory name: chosen by the launching process, inherited by DDP workers."""
+    if "LOCAL_RANK" not in os.environ or RUN_VERSION_ENV not in os.environ:
+        os.environ[RUN_VERSION_ENV] = new_run_version()
     return os.environ[RUN_VERSION_ENV]
 
 
@@ -103,23 +114,35 @@ def resolve_last_checkpoint(args: list[str], task: str) -> list[str]:
 class SuiteCLI(LightningCLI):
     """LightningCLI plus the task's data->model links, so YAMLs never repeat what the data knows."""
 
-    links: tuple[tuple[str, str], ...] = ()
+    spec: TaskSpec
 
     def add_arguments_to_parser(self, parser) -> None:
-        for source, target in self.links:
+        # As parser defaults (not `trainer_defaults`) so that class_path dicts are instantiated
+        # and a YAML may replace or extend (`trainer.callbacks+=`) them.
+        parser.set_defaults({f"trainer.{key}": value for key, value in trainer_defaults(self.spec).items()})
+        for source, target in self.spec.links:
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """`--trainer.enable_progress_bar false` (CI, logs to file) also drops the rich bar."""
+        trainer = self.config[self.subcommand].trainer if self.subcommand else self.config.trainer
+        if trainer.enable_progress_bar is False and trainer.callbacks:
+            trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
 
 
 def run_task_cli(spec: TaskSpec, args: list[str]) -> LightningCLI:
     """`mobilenets <task> {fit,validate,test,predict} [--config FILE] [overrides]`."""
     default_files = [str(spec.default_config_path)] if spec.default_config_path.exists() else []
     subcommand_kwargs = {"default_config_files": default_files}
-    cli_class = type("TaskCLI", (SuiteCLI,), {"links": spec.links})
+    # `mobilenets` hands LightningCLI the argv after the task name: the expected case, not a mistake.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # TensorBoard and CSV logs share the run directory on purpose.
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    cli_class = type("TaskCLI", (SuiteCLI,), {"spec": spec})
     return cli_class(
         load_object(spec.module),
         load_object(spec.datamodule),
         subclass_mode_model=spec.subclass_mode,
-        trainer_defaults=trainer_defaults(spec),
         save_config_kwargs={"overwrite": True},
         parser_kwargs={sub: subcommand_kwargs for sub in ("fit", "validate", "test", "predict")},
         args=resolve_last_checkpoint(args, spec.name),

@@ -45,7 +45,9 @@ class TaskModule(pl.LightningModule):
         optimizer = build_optimizer(self, self.optim_config)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        scheduler = build_scheduler(optimizer, self.optim_config, total_steps=total, steps_per_epoch=total / epochs)
+        scheduler = build_scheduler(
+            optimizer, self.optim_config, total_steps=total, steps_per_epoch=total / epochs
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def frozen_during_warmup(self) -> nn.Module:

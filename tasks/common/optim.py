@@ -16,7 +16,9 @@ def no_decay_parameter_names(model: nn.Module) -> set[str]:
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         is_norm = isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))
-        is_depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+        is_depthwise = (
+            isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+        )
         for param_name, _ in module.named_parameters(recurse=False):
             if is_norm or is_depthwise or param_name == "bias":
                 names.add(prefix + param_name)
@@ -38,7 +40,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "rmsprop":
         # PyTorch adds eps outside the square root, TF inside; with TF's eps=1.0 both are ~1 for
         # small gradients, so the OD API recipes carry over.
-        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.eps, momentum=cfg.momentum)
+        return torch.optim.RMSprop(
+            groups, lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.eps, momentum=cfg.momentum
+        )
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     if cfg.name == "adamw":

@@ -27,9 +27,7 @@ def from_model_input(tensor: torch.Tensor) -> np.ndarray:
 
 def classification_train(size: int, *, scale: tuple[float, float] = (0.25, 1.0)) -> A.Compose:
     """Random resized crop + horizontal flip: the "little augmentation" of the paper (§3.2)."""
-    return A.Compose(
-        [A.RandomResizedCrop(size=(size, size), scale=scale), A.HorizontalFlip(p=0.5)]
-    )
+    return A.Compose([A.RandomResizedCrop(size=(size, size), scale=scale), A.HorizontalFlip(p=0.5)])
 
 
 def classification_eval(size: int) -> A.Compose:

@@ -1,0 +1,133 @@
+"""Face datasets laid out one folder per person, the P x K batch sampler, and face augmentations.
+
+`root/<identity>/*.jpg|png` is how LFW, CASIA-WebFace and VGGFace2 crops ship, and what
+`synthetic.write_identity_folders` writes. Triplet mining needs several images of each person in a
+batch, hence `PKSampler`: P people x K images per batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from tasks.common.io import SkipCounter, read_first_readable
+from tasks.common.transforms import to_model_input
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class IdentityFolder(Dataset):
+    """`root/<identity>/<image>` as `(CHW float tensor in [-1, 1], label)` items, read lazily.
+
+    Labels index the sorted identity names. A corrupt image is skipped (the next readable image of
+    the dataset is returned in its place, keeping the index valid) and counted in `skipped`.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, transform: Callable | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: identity folder root does not exist")
+        self.transform = transform
+        self.identities: list[str] = []
+        self.paths: list[Path] = []
+        self.labels: list[int] = []
+        for person in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            images = sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                continue
+            self.paths += images
+            self.labels += [len(self.identities)] * len(images)
+            self.identities.append(person.name)
+        if not self.paths:
+            raise ValueError(f"{self.root}: no images found (expected <root>/<identity>/*"
+                             f"{{{','.join(IMAGE_SUFFIXES)}}})")
+        self.skipped = SkipCounter()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        index, image = read_first_readable(self.paths.__getitem__, index, len(self.paths), self.skipped)
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        return to_model_input(image), self.labels[index]
+
+
+class PKSampler(Sampler[list[int]]):
+    """Batches of `p` identities x `k` images each, for online triplet mining.
+
+    Each epoch shuffles the identities (seeded by `seed + epoch`, so every rank agrees) and deals them
+    out in turn to the ranks, so ranks see disjoint people within a step and no triplet is split
+    across processes. An identity with fewer than `k` images is sampled with replacement. Every
+    rank yields the same number of batches (`len(self)`), as DDP requires; by default one epoch
+    visits each identity once, `batches_per_epoch` sets it freely (identities are then reshuffled
+    as often as needed).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        p: int,
+        k: int,
+        *,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        batches_per_epoch: int | None = None,
+    ) -> None:
+        if p < 2 or k < 2:
+            raise ValueError(f"triplets need p >= 2 identities and k >= 2 images each, got p={p}, k={k}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
+        labels = np.asarray(labels)
+        self.identities, inverse = np.unique(labels, return_inverse=True)
+        self.members = [np.flatnonzero(inverse == i) for i in range(len(self.identities))]
+        if len(self.identities) < p * num_replicas:
+            raise ValueError(f"{len(self.identities)} identities cannot fill p={p} x {num_replicas} replicas")
+        self.p, self.k, self.seed = p, k, seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.batches_per_epoch = batches_per_epoch or len(self.identities) // (p * num_replicas)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order_rng = np.random.default_rng([self.seed, self.epoch])  # identical on every rank
+        image_rng = np.random.default_rng([self.seed, self.epoch, 1 + self.rank])
+        step = self.p * self.num_replicas
+        rounds_per_shuffle = len(self.identities) // step
+        for batch in range(self.batches_per_epoch):
+            if batch % rounds_per_shuffle == 0:
+                order = order_rng.permutation(len(self.identities))
+            start = (batch % rounds_per_shuffle) * step + self.rank * self.p
+            indices = []
+            for identity in order[start:start + self.p]:
+                members = self.members[identity]
+                indices += image_rng.choice(members, self.k, replace=len(members) < self.k).tolist()
+            yield indices
+
+
+def face_train_transform(size: int) -> A.Compose:
+    """Small pose jitter, mirror and colour jitter: aligned crops vary little; a mirror is the same face."""
+    return A.Compose([
+        A.Resize(size, size),
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.8),
+        A.HorizontalFlip(p=0.5),
+        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8),
+    ])
+
+
+def face_eval_transform(size: int) -> A.Compose:
+    """Face crops are already aligned and tight, so evaluation only resizes (no centre crop)."""
+    return A.Compose([A.Resize(size, size)])
+

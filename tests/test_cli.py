@@ -1,0 +1,112 @@
+"""The `mobilenets` entry point and the LightningCLI set-up every task shares (run on the fine-grained task)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tasks.cli import main
+from tasks.common.lightning_cli import RUN_VERSION_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = [
+    "--trainer.enable_progress_bar=false",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=1",
+    "--data.image_size=64",
+    "--data.batch_size=8",
+    "--data.num_workers=0",
+    "--model.backbone.width_mult=0.25",
+]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(RUN_VERSION_ENV, raising=False)
+    return tmp_path
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted((root / "runs" / "finegrained").iterdir())
+
+
+def test_usage_and_unknown_commands(capsys):
+    assert main([]) == 0
+    assert "finegrained" in capsys.readouterr().out
+    assert main(["no-such-task"]) == 2
+    assert "unknown command 'no-such-task'" in capsys.readouterr().err
+    assert main(["finegrained", "train"]) == 2
+    assert "expected one of fit, validate, test, predict" in capsys.readouterr().err
+
+
+def test_fit_resume_test_predict_round_trip(in_tmp, monkeypatch):
+    main(["finegrained", "fit", "--trainer.max_epochs=1", *QUICK])
+    (first,) = run_dirs(in_tmp)
+    config = yaml.safe_load((first / "config.yaml").read_text())
+    assert config["model"]["backbone"]["width_mult"] == 0.25  # the saved config reproduces the run
+    assert config["data"]["dataset"] == "synthetic"  # defaults come from configs/finegrained/synthetic.yaml
+    last = first / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)  # plain types only: safe to load
+    assert checkpoint["epoch"] == 0 and checkpoint["hyper_parameters"]["num_classes"] == 24
+    assert len(list((first / "checkpoints").glob("best-*.ckpt"))) == 1
+    assert (first / "metrics.csv").exists()
+
+    monkeypatch.delenv(RUN_VERSION_ENV)
+    main(["finegrained", "fit", "--trainer.max_epochs=2", "--ckpt_path", "last", *QUICK])
+    second = run_dirs(in_tmp)[-1]
+    assert second != first
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 4  # continued, not restarted
+
+    monkeypatch.delenv(RUN_VERSION_ENV)
+    main(["finegrained", "predict", "--ckpt_path=last", "--trainer.limit_predict_batches=1", *QUICK])
+    rows = list(csv.reader(open(run_dirs(in_tmp)[-1] / "predictions.csv")))
+    assert rows[0][:3] == ["image", "class1", "score1"] and len(rows) == 1 + 8
+    scores = [float(rows[1][i]) for i in range(2, 11, 2)]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 5
+
+
+def test_resume_without_a_run_is_a_clear_error(in_tmp):
+    with pytest.raises(SystemExit, match="no runs/finegrained/\\*/checkpoints/last.ckpt"):
+        main(["finegrained", "fit", "--ckpt_path", "last", *QUICK])
+
+
+def test_print_config_shows_the_task_defaults(in_tmp, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["finegrained", "fit", "--print_config", "--model.optim.name=sgd"])
+    assert stop.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["optim"]["name"] == "sgd"
+    assert printed["data"]["synthetic_classes"] == 24
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_see_disjoint_data(tmp_path):
+    """The multi-machine path: `--trainer.strategy ddp` with gloo, two ranks on this CPU."""
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    env = dict(os.environ, DDP_PROBE_DIR=str(probe_dir), PYTHONPATH=str(REPO / "tests" / "helpers"))
+    env.pop(RUN_VERSION_ENV, None)
+    command = [
+        str(Path(sys.executable).parent / "mobilenets"), "finegrained", "fit", *QUICK,
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+        "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+        "--trainer.callbacks+=ddp_probe.RecordSamples",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    seen = [set(r["fingerprints"]) for r in ranks]
+    assert len(seen[0]) == len(seen[1]) == 16  # 2 steps x batch 8, each rank
+    assert not seen[0] & seen[1]
+    assert len(list((tmp_path / "runs" / "finegrained").iterdir())) == 1  # both ranks agreed on one run dir
