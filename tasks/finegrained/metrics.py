@@ -62,4 +62,6 @@ def write_topk_csv(path: Path, rows: Sequence[tuple[str, Sequence[str], Sequence
         writer = csv.writer(handle)
         writer.writerow(header)
         for image, classes, scores in rows:
-            writer.writerow([image] + [v for pair in zip(classes, (f"{s:.5f}" for s in scores)) for v in pair])
+            writer.writerow(
+                [image] + [v for pair in zip(classes, (f"{s:.5f}" for s in scores)) for v in pair]
+            )
