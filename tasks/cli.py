@@ -40,13 +40,14 @@ TASKS = {
                 "index": "tasks.face_embedding.commands:main_index",
                 "search": "tasks.face_embedding.commands:main_search",
                 "demo": "tasks.face_embedding.commands:main_demo",
+                "export-embeddings": "tasks.face_embedding.commands:main_export",
             },
         ),
     )
 }
 
 TOOLS = {
-    "profile": "backbone.complexity:main_profile",
+    "profile": "tasks.profile_cli:main",
     "export": "backbone.export:main_export",
     "data": "tasks.data_cli:main",
 }

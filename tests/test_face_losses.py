@@ -5,7 +5,11 @@ import math
 import pytest
 import torch
 
-from tasks.face_embedding.losses import batch_semi_hard_triplet_loss, embedding_distillation_loss
+from tasks.face_embedding.losses import (
+    CosineMarginClassifier,
+    batch_semi_hard_triplet_loss,
+    embedding_distillation_loss,
+)
 
 
 def unit(degrees: float, norm: float = 1.0) -> list[float]:
@@ -98,3 +102,26 @@ def test_distillation_loss_sums_dimensions_and_averages_batch():
     assert torch.allclose(student.grad, (student - teacher).detach())  # d/ds of sum (s-t)^2 / 2
     with pytest.raises(ValueError, match="shapes differ"):
         embedding_distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_cosine_margin_head_matches_cosface_formula():
+    torch.manual_seed(0)
+    head = CosineMarginClassifier(4, 3, scale=10.0, margin=0.25)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[2.0, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 0, 3.0]]))
+    embeddings = torch.tensor([[1.0, 1.0, 0, 0], [0, 0, 0, -2.0]])
+    labels = torch.tensor([1, 0])
+    # cosines with unit class directions e0, e1, e3: row 0 -> (1/sqrt2, 1/sqrt2, 0); row 1 -> (0, 0, -1)
+    c = 1 / math.sqrt(2)
+    logits = [[10 * c, 10 * (c - 0.25), 0.0], [10 * (0 - 0.25), 0.0, -10.0]]
+    losses = [
+        math.log(sum(math.exp(v) for v in row)) - row[label]
+        for row, label in zip(logits, [1, 0], strict=True)
+    ]
+    expected = sum(losses) / 2
+    assert head(embeddings, labels).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_cosine_margin_head_needs_two_identities():
+    with pytest.raises(ValueError, match="at least 2"):
+        CosineMarginClassifier(8, 1)

@@ -213,14 +213,14 @@ def _render(face_layer: np.ndarray, face_mask: np.ndarray, rng: np.random.Genera
             width = max(1, int(rng.integers(2, 10) * scale))
             cv2.line(background, (x, y), (x2, y2), colour, width, cv2.LINE_AA)
 
-    pose = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-12, 12), rng.uniform(0.9, 1.1))
-    pose[:, 2] += rng.uniform(-0.08, 0.08, 2) * size
+    pose = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-8, 8), rng.uniform(0.93, 1.07))
+    pose[:, 2] += rng.uniform(-0.05, 0.05, 2) * size
     face = cv2.warpAffine(face_layer, pose, (size, size), flags=cv2.INTER_LINEAR)
     alpha = cv2.warpAffine(face_mask, pose, (size, size), flags=cv2.INTER_LINEAR)[..., None]
     image = face * alpha + background * (1 - alpha)
 
-    light = (1 + np.float32(rng.uniform(0, 0.35)) * ramp()) * rng.uniform(0.65, 1.3, 1).astype(np.float32)
-    image *= light * rng.uniform(0.88, 1.12, 3).astype(np.float32)
+    light = (1 + np.float32(rng.uniform(0, 0.25)) * ramp()) * rng.uniform(0.8, 1.2, 1).astype(np.float32)
+    image *= light * rng.uniform(0.94, 1.06, 3).astype(np.float32)
     image += rng.normal(0, rng.uniform(2, 8), image.shape).astype(np.float32)
     return np.clip(image, 0, 255).round().astype(np.uint8)
 

@@ -1,0 +1,22 @@
+"""Face embeddings (FaceNet triplets, Table 14 distillation), LFW-protocol evaluation and a FAISS gallery.
+
+Light on purpose: `mobilenets face-embedding search` imports this package and should not pay for
+Lightning; the training pieces live in `module` and `datamodule`.
+"""
+
+from __future__ import annotations
+
+from tasks.face_embedding.index import EmbeddingIndex
+from tasks.face_embedding.model import FaceEmbedder, LoadedEmbedder, build_embedder, load_embedder
+from tasks.face_embedding.teacher import TeacherConfig, build_teacher, export_embeddings
+
+__all__ = [
+    "EmbeddingIndex",
+    "FaceEmbedder",
+    "LoadedEmbedder",
+    "TeacherConfig",
+    "build_embedder",
+    "build_teacher",
+    "export_embeddings",
+    "load_embedder",
+]
