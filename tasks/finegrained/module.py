@@ -35,7 +35,8 @@ class FineGrainedModule(TaskModule):
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         # channels-last runs the depthwise convolutions markedly faster on CPU
-        self.backbone = self.backbone_config.build(num_classes=num_classes).to(memory_format=torch.channels_last)
+        network = self.backbone_config.build(num_classes=num_classes)
+        self.backbone = network.to(memory_format=torch.channels_last)
         self.label_smoothing = label_smoothing
         self.predict_top_k = min(predict_top_k, num_classes)
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
@@ -81,7 +82,7 @@ class FineGrainedModule(TaskModule):
     def predict_step(self, batch, batch_idx):
         images, paths = batch
         scores, indices = self(images).softmax(dim=1).topk(self.predict_top_k, dim=1)
-        for path, row_scores, row_indices in zip(paths, scores.tolist(), indices.tolist()):
+        for path, row_scores, row_indices in zip(paths, scores.tolist(), indices.tolist(), strict=True):
             self._predictions.append((str(path), [self.class_names[i] for i in row_indices], row_scores))
 
     def on_predict_epoch_end(self) -> None:
