@@ -16,7 +16,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MOBILENETS = str(Path(sys.executable).parent / "mobilenets")
-DETECTION_MINUTES = float(os.environ.get("DEMO_DETECTION_MINUTES", "4"))
+DETECTION_MINUTES = float(os.environ.get("DEMO_DETECTION_MINUTES", "3.5"))
+FACE_MINUTES = os.environ.get("DEMO_FACE_MINUTES", "3")
 
 
 def run(*args: str) -> None:
@@ -38,10 +39,18 @@ def main() -> None:
     best = min((trained / "checkpoints").glob("best-*.ckpt"))
     run("detection", "test", "--config", config, "--ckpt_path", str(best))
     tested = newest_run("detection")
-    run("detection", "predict", "--config", config, "--ckpt_path", str(best),
-        "--model.draw_predictions=8", "--trainer.limit_predict_batches=1")
+    run(
+        "detection",
+        "predict",
+        "--config",
+        config,
+        "--ckpt_path",
+        str(best),
+        "--model.draw_predictions=8",
+        "--trainer.limit_predict_batches=1",
+    )
     predicted = newest_run("detection")
-    run("face-embedding", "demo")
+    run("face-embedding", "demo", "--minutes", FACE_MINUTES)
     print(f"\ndemo finished in {(time.monotonic() - started) / 60:.1f} min")
     print(f"  detection training run:  {trained}")
     print(f"  COCO table, PR curves:   {tested}")

@@ -1,4 +1,4 @@
-"""The `mobilenets` entry point and the LightningCLI set-up every task shares (run on the fine-grained task)."""
+"""The `mobilenets` entry point and the LightningCLI set-up all tasks share (run on fine-grained)."""
 
 from __future__ import annotations
 
@@ -97,9 +97,15 @@ def test_ddp_two_cpu_processes_see_disjoint_data(tmp_path):
     env = dict(os.environ, DDP_PROBE_DIR=str(probe_dir), PYTHONPATH=str(REPO / "tests" / "helpers"))
     env.pop(RUN_VERSION_ENV, None)
     command = [
-        str(Path(sys.executable).parent / "mobilenets"), "finegrained", "fit", *QUICK,
-        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-        "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+        str(Path(sys.executable).parent / "mobilenets"),
+        "finegrained",
+        "fit",
+        *QUICK,
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=0",
         "--trainer.callbacks+=ddp_probe.RecordSamples",
     ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -1,4 +1,4 @@
-"""The pieces every task shares: optimiser groups, schedules, config round trips, atomic writes, image errors."""
+"""Shared pieces: optimiser groups, schedules, config round trips, atomic writes, image errors."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ def test_parameter_groups_split_and_cover_every_parameter():
     assert len(everything["params"]) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("name, cls", [("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD),
-                                       ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name, cls", [("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)]
+)
 def test_build_optimizer_kinds(name, cls):
     optimizer = build_optimizer(mobilenet_v1(width_mult=0.25, num_classes=3), OptimConfig(name=name, lr=0.1))
     assert isinstance(optimizer, cls)

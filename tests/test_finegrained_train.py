@@ -14,17 +14,29 @@ from tasks.finegrained.module import FineGrainedModule
 def test_short_training_beats_chance_by_far(tmp_path):
     pl.seed_everything(0)
     data = FineGrainedDataModule(
-        "synthetic", image_size=64, batch_size=32, num_workers=0,
-        synthetic_classes=4, synthetic_train_per_class=200, synthetic_val_per_class=25,
+        "synthetic",
+        image_size=64,
+        batch_size=32,
+        num_workers=0,
+        synthetic_classes=4,
+        synthetic_train_per_class=200,
+        synthetic_val_per_class=25,
     )
     model = FineGrainedModule(
-        num_classes=data.num_classes, class_names=data.class_names,
-        backbone=BackboneConfig(width_mult=0.25), label_smoothing=0.1,
+        num_classes=data.num_classes,
+        class_names=data.class_names,
+        backbone=BackboneConfig(width_mult=0.25),
+        label_smoothing=0.1,
         optim=OptimConfig(name="sgd", lr=0.05, weight_decay=4e-5, warmup_epochs=1),
     )
     trainer = pl.Trainer(
-        max_epochs=10, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=10,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         default_root_dir=tmp_path,
     )
     trainer.fit(model, data)

@@ -310,3 +310,11 @@ class CocoDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._validation_set(), shuffle=False)
+
+    # COCO's test-dev has no public ground truth: `test` and `predict` run on the evaluation split,
+    # which `val_images`/`val_annotations` (or `val_split`) point at.
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

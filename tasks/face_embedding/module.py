@@ -40,6 +40,7 @@ class FaceEmbeddingModule(TaskModule):
         backbone: BackboneConfig | None = None,
         optim: OptimConfig | None = None,
         freeze_backbone_epochs: int = 0,
+        cpu_threads: int | None = None,
         embedding_dim: int = 128,
         mode: Literal["triplet", "distill"] = "triplet",
         margin: float = 0.2,
@@ -49,7 +50,12 @@ class FaceEmbeddingModule(TaskModule):
         softmax_scale: float = 30.0,
         softmax_margin: float = 0.35,
     ) -> None:
-        super().__init__(backbone=backbone, optim=optim, freeze_backbone_epochs=freeze_backbone_epochs)
+        super().__init__(
+            backbone=backbone,
+            optim=optim,
+            freeze_backbone_epochs=freeze_backbone_epochs,
+            cpu_threads=cpu_threads,
+        )
         if mode not in ("triplet", "distill"):
             raise ValueError(f"mode must be 'triplet' or 'distill', got {mode!r}")
         if mode == "distill" and teacher is None:
@@ -83,6 +89,7 @@ class FaceEmbeddingModule(TaskModule):
 
     # -- training -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         train_set = getattr(self.trainer.datamodule, "train_set", None) if self._trainer else None
         if self.classifier is not None and train_set is not None:
             found = len(train_set.identities)

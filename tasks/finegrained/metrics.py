@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -62,6 +62,5 @@ def write_topk_csv(path: Path, rows: Sequence[tuple[str, Sequence[str], Sequence
         writer = csv.writer(handle)
         writer.writerow(header)
         for image, classes, scores in rows:
-            writer.writerow(
-                [image] + [v for pair in zip(classes, (f"{s:.5f}" for s in scores)) for v in pair]
-            )
+            pairs = zip(classes, (f"{score:.5f}" for score in scores), strict=True)
+            writer.writerow([image] + [value for pair in pairs for value in pair])

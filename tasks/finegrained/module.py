@@ -26,10 +26,16 @@ class FineGrainedModule(TaskModule):
         backbone: BackboneConfig | None = None,
         optim: OptimConfig | None = None,
         freeze_backbone_epochs: int = 0,
+        cpu_threads: int | None = None,
         label_smoothing: float = 0.0,
         predict_top_k: int = 5,
     ) -> None:
-        super().__init__(backbone=backbone, optim=optim, freeze_backbone_epochs=freeze_backbone_epochs)
+        super().__init__(
+            backbone=backbone,
+            optim=optim,
+            freeze_backbone_epochs=freeze_backbone_epochs,
+            cpu_threads=cpu_threads,
+        )
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.save_hyperparameters()

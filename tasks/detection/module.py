@@ -1,0 +1,252 @@
+"""The detection LightningModule: SSD or Faster R-CNN on MobileNet, scored with COCO metrics.
+
+Training logs torchvision's losses. Validation and test collect detections as COCO results and score
+them with pycocotools over the split's annotation file; all 12 summary stats are logged (`val/AP` is
+the checkpoint monitor) and the results JSON, per-category AP tables and precision-recall curves
+land in `<run dir>/<stage>/`. Predict writes a COCO results JSON and, optionally, images with boxes.
+Under DDP every rank gathers all detections before scoring, so the logged numbers cover the whole
+split and agree across ranks; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+from backbone import MobileNetV1
+from tasks.common.config import BackboneConfig, OptimConfig, as_dataclass
+from tasks.common.io import write_text_atomic
+from tasks.common.module import TaskModule
+from tasks.common.transforms import from_model_input
+from tasks.detection.coco_eval import STAT_NAMES, DetectionResults, evaluate_coco, write_results_json
+from tasks.detection.faster_rcnn import TF_ANCHOR_SIZES, faster_rcnn_mobilenet
+from tasks.detection.plots import draw_detections, plot_pr_curves, write_ap_tables
+from tasks.detection.ssd import EXTRA_MIN_DEPTH, ssd_mobilenet
+
+
+@dataclass
+class SSDOptions:
+    """Knobs of `ssd.ssd_mobilenet` beyond size and classes; defaults are TF's ssd_mobilenet_v1_coco."""
+
+    min_scale: float = 0.2
+    max_scale: float = 0.95
+    extra_min_depth: int = EXTRA_MIN_DEPTH
+    score_thresh: float = 0.01
+    nms_thresh: float = 0.6
+    detections_per_img: int = 100
+    topk_candidates: int = 200
+    iou_thresh: float = 0.5
+
+
+@dataclass
+class FasterRCNNOptions:
+    """Knobs of `faster_rcnn.faster_rcnn_mobilenet`; the shorter image side is the module's `image_size`."""
+
+    max_size: int = 1024
+    anchor_sizes: tuple[int, ...] = TF_ANCHOR_SIZES
+    crop_size: int = 14
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 300
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 64
+    box_score_thresh: float = 0.01
+    box_nms_thresh: float = 0.6
+    box_detections_per_img: int = 100
+
+
+class DetectionModule(TaskModule):
+    """`num_classes` counts foreground classes and must equal the data's (labels 1..K, 0 is background).
+
+    `ssd` / `frcnn` hold the architecture's knobs; `cpu_threads` sets torch's intra-op threads when
+    training on CPU (None leaves torch's default).
+    """
+
+    def __init__(
+        self,
+        *,
+        architecture: Literal["ssd", "frcnn"] = "ssd",
+        num_classes: int = 5,
+        image_size: int = 300,
+        backbone: BackboneConfig | None = None,
+        optim: OptimConfig | None = None,
+        freeze_backbone_epochs: int = 0,
+        ssd: SSDOptions | None = None,
+        frcnn: FasterRCNNOptions | None = None,
+        channels_last: bool = True,
+        cpu_threads: int | None = None,
+        eval_backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools",
+        draw_predictions: int = 0,
+        draw_score_threshold: float = 0.3,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            optim=optim,
+            freeze_backbone_epochs=freeze_backbone_epochs,
+            cpu_threads=cpu_threads,
+        )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
+        self.save_hyperparameters()
+        self.architecture = architecture
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.eval_backend = eval_backend
+        self.draw_predictions = draw_predictions
+        self.draw_score_threshold = draw_score_threshold
+        body = self.backbone_config.build(num_classes=0)
+        if architecture == "ssd":
+            options = dataclasses.asdict(as_dataclass(SSDOptions, ssd))
+            self.detector = ssd_mobilenet(
+                body=body, num_classes=num_classes, image_size=image_size, **options
+            )
+        elif architecture == "frcnn":
+            options = dataclasses.asdict(as_dataclass(FasterRCNNOptions, frcnn))
+            self.detector = faster_rcnn_mobilenet(
+                body=body, num_classes=num_classes, min_size=image_size, **options
+            )
+        else:
+            raise ValueError(f"architecture must be 'ssd' or 'frcnn', got {architecture!r}")
+        if channels_last:  # depthwise convs run several times faster on CPU in NHWC
+            self.detector.to(memory_format=torch.channels_last)
+        self._results: DetectionResults | None = None
+        self._fit_started: float | None = None
+        self._drawn = 0
+
+    @property
+    def backbone(self) -> MobileNetV1:
+        """The MobileNet inside the detector (TaskModule freezes it; FRCNN stage 2 shares its layers)."""
+        return self.detector.backbone.body
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return self.detector(images)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            return
+        if datamodule.num_classes != self.num_classes:
+            raise ValueError(
+                f"model.num_classes is {self.num_classes} but the data has {datamodule.num_classes} "
+                f"categories ({datamodule.val_annotation_file}); set model.num_classes to match"
+            )
+        if datamodule.image_size != self.image_size:
+            raise ValueError(
+                f"model.image_size is {self.image_size} but data.image_size is {datamodule.image_size}; "
+                "the detector expects inputs at its own size"
+            )
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()
+
+    def _new_results(self) -> None:
+        self._results = DetectionResults(self.trainer.datamodule.label_to_cat_id)
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.detector(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        loss = sum(losses.values())
+        batch_size = len(images)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def _collect(self, batch) -> list[dict[str, torch.Tensor]]:
+        images, targets = batch
+        outputs = self.detector(images)
+        self._results.add_batch(outputs, targets, input_size=images[0].shape[-2:])
+        return outputs
+
+    def on_validation_epoch_start(self) -> None:
+        self._new_results()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:  # a two-batch sanity pass would score as near zero
+            self._score("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._new_results()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._score("test")
+
+    def _gathered_results(self) -> list[dict]:
+        results = self._results.results()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            per_rank: list[list[dict]] = [[] for _ in range(dist.get_world_size())]
+            dist.all_gather_object(per_rank, results)
+            merged = {}  # DistributedSampler pads with repeats: keep one set per image id
+            for rank_results in per_rank:
+                by_image: dict[int, list[dict]] = {}
+                for det in rank_results:
+                    by_image.setdefault(det["image_id"], []).append(det)
+                merged.update(by_image)
+            results = [det for dets in merged.values() for det in dets]
+        return results
+
+    def _annotation_file(self, stage: str) -> Path:
+        datamodule = self.trainer.datamodule
+        return Path(getattr(datamodule, f"{stage}_annotation_file", datamodule.val_annotation_file))
+
+    def _score(self, stage: str) -> None:
+        results = self._gathered_results()
+        evaluation = evaluate_coco(self._annotation_file(stage), results, backend=self.eval_backend)
+        for name in STAT_NAMES:
+            self.log(f"{stage}/{name}", evaluation[name], prog_bar=name in ("AP", "AP50"), sync_dist=False)
+        if self._fit_started is not None and stage == "val":
+            self.log("val/minutes", (time.monotonic() - self._fit_started) / 60)
+        if self.trainer.is_global_zero:
+            out_dir = self.run_dir / stage
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_results_json(out_dir / "detections.json", results)
+            summary = {name: evaluation[name] for name in STAT_NAMES} | {"epoch": self.current_epoch}
+            write_text_atomic(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+            write_ap_tables(evaluation, out_dir)
+            plot_pr_curves(evaluation, out_dir)
+
+    # -- prediction -----------------------------------------------------------------------------
+    def on_predict_epoch_start(self) -> None:
+        self._new_results()
+        self._drawn = 0
+
+    def predict_step(self, batch, batch_idx: int) -> None:
+        outputs = self._collect(batch)
+        if self.trainer.is_global_zero and self._drawn < self.draw_predictions:
+            class_names = self.trainer.datamodule.class_names
+            for image, output, target in zip(batch[0], outputs, batch[1], strict=True):
+                if self._drawn >= self.draw_predictions:
+                    break
+                draw_detections(
+                    from_model_input(image),
+                    self.run_dir / "predictions" / f"{int(target['image_id'])}.png",
+                    boxes=output["boxes"].tolist(),
+                    labels=output["labels"].tolist(),
+                    scores=output["scores"].tolist(),
+                    class_names=class_names,
+                    score_threshold=self.draw_score_threshold,
+                )
+                self._drawn += 1
+
+    def on_predict_epoch_end(self) -> None:
+        results = self._gathered_results()
+        if self.trainer.is_global_zero:
+            write_results_json(self.run_dir / "predictions.json", results)
