@@ -55,7 +55,7 @@ def main() -> None:
     print(f"  detection training run:  {trained}")
     print(f"  COCO table, PR curves:   {tested}")
     print(f"  drawn predictions:       {predicted}")
-    print(f"  face search results:     {newest_run('face-embedding')}")
+    print(f"  face search results:     {newest_run('face-embedding-demo')}")
 
 
 if __name__ == "__main__":

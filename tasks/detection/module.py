@@ -95,7 +95,9 @@ class DetectionModule(TaskModule):
         )
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
-        self.save_hyperparameters()
+        # How predictions are drawn is not part of the trained model: left out of the checkpoint so
+        # that `predict --ckpt_path X --model.draw_predictions 8` is not overridden by X's value.
+        self.save_hyperparameters(ignore=["draw_predictions", "draw_score_threshold"])
         self.architecture = architecture
         self.num_classes = num_classes
         self.image_size = image_size

@@ -38,7 +38,7 @@ class FineGrainedModule(TaskModule):
         )
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["predict_top_k"])  # a predict-time choice, not the model's
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         # channels-last runs the depthwise convolutions markedly faster on CPU
         network = self.backbone_config.build(num_classes=num_classes)
