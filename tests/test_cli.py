@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from tasks.cli import main
-from tasks.common.lightning_cli import RUN_VERSION_ENV
+from tasks.common.lightning_cli import RUN_VERSION_ENV, new_run_version
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -75,9 +75,16 @@ def test_fit_resume_test_predict_round_trip(in_tmp, monkeypatch):
     assert scores == sorted(scores, reverse=True) and len(scores) == 5
 
 
+def test_runs_started_in_the_same_second_get_their_own_directories(in_tmp):
+    names = [new_run_version("finegrained") for _ in range(3)]
+    assert len(set(names)) == 3
+    assert [p.name for p in run_dirs(in_tmp)] == sorted(names)  # each claimed on disk at once
+
+
 def test_resume_without_a_run_is_a_clear_error(in_tmp):
     with pytest.raises(SystemExit, match="no runs/finegrained/\\*/checkpoints/last.ckpt"):
         main(["finegrained", "fit", "--ckpt_path", "last", *QUICK])
+    assert not (in_tmp / "runs").exists()  # a failed start claims no run directory
 
 
 def test_print_config_shows_the_task_defaults(in_tmp, capsys):

@@ -215,6 +215,19 @@ def test_datamodule_generates_synthetic_data_once(tmp_path):
     assert sum(1 for _ in again.val_dataloader()) == 1  # 2 val images, batch 4
 
 
+def test_synthetic_size_and_crop_come_from_the_datamodule(tmp_path):
+    dm = CocoDataModule(
+        root=str(tmp_path), image_size=96, num_workers=0, synthetic_images=10,
+        synthetic_image_size=96, random_crop=False,
+    )  # fmt: skip
+    dm.setup("fit")
+    val = json.loads(dm.val_annotation_file.read_text())["images"]
+    assert {(image["height"], image["width"]) for image in val} == {(96, 96)}
+    steps = [type(t).__name__ for t in dm.train_set.transform.transforms]
+    assert steps == ["ColorJitter", "HorizontalFlip", "Resize"]  # no SSDRandomCrop
+    assert "SSDRandomCrop" in [type(t).__name__ for t in detection_train(96).transforms]
+
+
 def test_datamodule_never_overwrites_real_annotations(tmp_path):
     image_dir, ann_file = _fixture(
         tmp_path / "img_src", [{"image_id": 10, "category_id": 2, "bbox": [1, 1, 9, 9]}]

@@ -54,6 +54,18 @@ def test_embeddings_are_unit_length_with_configured_dimension(dim):
     torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
 
 
+def test_evaluation_embeds_an_image_and_its_mirror_alike(embedder):
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(embedder(images), embedder(images.flip(-1)))  # the flip test
+        embedder.flip_test = False
+        try:
+            single_view = embedder(images)
+        finally:
+            embedder.flip_test = True
+    assert (single_view - embedder(images)).abs().max() > 1e-3  # so the flip test changed something
+
+
 def test_lightning_checkpoint_round_trip_restores_outputs_and_input_size(tmp_path, embedder):
     lightning_style_checkpoint(tmp_path / "face.ckpt", embedder, embedding_dim=16, image_size=48)
     loaded = load_embedder(tmp_path / "face.ckpt")

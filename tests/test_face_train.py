@@ -86,7 +86,12 @@ def test_triplet_training_learns_the_training_photos(trained):
     _, module, losses = trained
     assert sum(losses[-5:]) < 0.2 * sum(losses[:5])
     faces = KeyedSyntheticFaces(10, 4, size=32)
-    embedded = embed_dataset(module.embedder, faces)
+    # 40 steps memorise these 40 photos as drawn, never their mirror images: judge single views.
+    module.embedder.flip_test = False
+    try:
+        embedded = embed_dataset(module.embedder, faces)
+    finally:
+        module.embedder.flip_test = True
     gallery, probes = first_image_gallery(embedded.labels)
     top = identification_topk(
         embedded.embeddings[gallery],

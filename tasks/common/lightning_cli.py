@@ -49,25 +49,38 @@ class TaskSpec:
         return CONFIG_ROOT / self.name.replace("-", "_") / self.default_config
 
 
-def new_run_version() -> str:
-    """A fresh run directory name (a timestamp, suffixed if a run already took it)."""
+def new_run_version(task: str) -> str:
+    """A fresh run directory name (a timestamp, suffixed if a run already took it).
+
+    The directory is created here, failing if it exists, so two runs started in the same second
+    cannot both claim it.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RUNS_ROOT / task).mkdir(parents=True, exist_ok=True)
     version, n = stamp, 0
-    while any(RUNS_ROOT.glob(f"*/{version}")):
-        n += 1
-        version = f"{stamp}-{n}"
-    return version
+    while True:
+        try:
+            (RUNS_ROOT / task / version).mkdir()
+            return version
+        except FileExistsError:
+            n += 1
+            version = f"{stamp}-{n}"
 
 
-def run_version() -> str:
-    """This run's directory name: chosen by the launching process, inherited by DDP workers."""
-    if "LOCAL_RANK" not in os.environ or RUN_VERSION_ENV not in os.environ:
-        os.environ[RUN_VERSION_ENV] = new_run_version()
+def run_version(task: str, args: list[str]) -> str:
+    """This run's directory name: chosen by the launching process, inherited by DDP workers.
+
+    `--help` and `--print_config` run nothing, so they get a name without claiming a directory.
+    """
+    if "LOCAL_RANK" in os.environ and RUN_VERSION_ENV in os.environ:
+        return os.environ[RUN_VERSION_ENV]
+    if any(arg in ("-h", "--help") or arg.startswith("--print_config") for arg in args):
+        return time.strftime("%Y%m%d-%H%M%S")
+    os.environ[RUN_VERSION_ENV] = new_run_version(task)
     return os.environ[RUN_VERSION_ENV]
 
 
-def trainer_defaults(spec: TaskSpec) -> dict:
-    version = run_version()
+def trainer_defaults(spec: TaskSpec, version: str) -> dict:
     logger_args = {"save_dir": str(RUNS_ROOT), "name": spec.name, "version": version}
     best_name = "best-{epoch}-{step}"
     return {
@@ -115,11 +128,13 @@ class SuiteCLI(LightningCLI):
     """LightningCLI plus the task's data->model links, so YAMLs never repeat what the data knows."""
 
     spec: TaskSpec
+    version: str
 
     def add_arguments_to_parser(self, parser) -> None:
         # As parser defaults (not `trainer_defaults`) so that class_path dicts are instantiated
         # and a YAML may replace or extend (`trainer.callbacks+=`) them.
-        parser.set_defaults({f"trainer.{key}": value for key, value in trainer_defaults(self.spec).items()})
+        defaults = trainer_defaults(self.spec, self.version)
+        parser.set_defaults({f"trainer.{key}": value for key, value in defaults.items()})
         for source, target in self.spec.links:
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
 
@@ -138,14 +153,16 @@ def run_task_cli(spec: TaskSpec, args: list[str]) -> LightningCLI:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # TensorBoard and CSV logs share the run directory on purpose.
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-    cli_class = type("TaskCLI", (SuiteCLI,), {"spec": spec})
+    args = resolve_last_checkpoint(args, spec.name)
+    version = run_version(spec.name, args)
+    cli_class = type("TaskCLI", (SuiteCLI,), {"spec": spec, "version": version})
     return cli_class(
         load_object(spec.module),
         load_object(spec.datamodule),
         subclass_mode_model=spec.subclass_mode,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={sub: subcommand_kwargs for sub in ("fit", "validate", "test", "predict")},
-        args=resolve_last_checkpoint(args, spec.name),
+        args=args,
         auto_configure_optimizers=False,
     )
 

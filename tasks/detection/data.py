@@ -213,6 +213,8 @@ class CocoDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 2,
         synthetic_images: int = 0,
+        synthetic_image_size: int = 320,
+        random_crop: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -230,6 +232,8 @@ class CocoDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.synthetic_images = synthetic_images
+        self.synthetic_image_size = (synthetic_image_size, synthetic_image_size)
+        self.random_crop = random_crop
         self.seed = seed
         self.root = base
         self.train_set: CocoDetection | None = None
@@ -250,13 +254,15 @@ class CocoDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.synthetic_images <= 0 or synth_marker_matches(
-            self.root, images=self.synthetic_images, seed=self.seed
+            self.root, images=self.synthetic_images, seed=self.seed, image_size=self.synthetic_image_size
         ):
             return
         if self.val_annotations.is_file() and not (self.root / MARKER_FILE).is_file():
             log.info("%s holds annotations not made by synth-shapes; using them as they are", self.root)
             return
-        write_synth_shapes(self.root, images=self.synthetic_images, seed=self.seed)
+        write_synth_shapes(
+            self.root, images=self.synthetic_images, seed=self.seed, image_size=self.synthetic_image_size
+        )
 
     def _validation_set(self) -> CocoDetection:
         """Built on first use: the model needs its classes and id mapping before `setup` runs."""
@@ -285,7 +291,7 @@ class CocoDataModule(L.LightningDataModule):
             self.train_set = CocoDetection(
                 self.train_images,
                 self.train_annotations,
-                transform=detection_train(self.image_size, seed=self.seed),
+                transform=detection_train(self.image_size, seed=self.seed, random_crop=self.random_crop),
                 train=True,
             )
             if self.train_set.label_to_cat_id != self.val_set.label_to_cat_id:

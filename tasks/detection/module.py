@@ -81,8 +81,8 @@ class DetectionModule(TaskModule):
         freeze_backbone_epochs: int = 0,
         ssd: SSDOptions | None = None,
         frcnn: FasterRCNNOptions | None = None,
-        channels_last: bool = True,
         cpu_threads: int | None = None,
+        channels_last: bool = True,
         eval_backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools",
         draw_predictions: int = 0,
         draw_score_threshold: float = 0.3,
@@ -92,6 +92,7 @@ class DetectionModule(TaskModule):
             optim=optim,
             freeze_backbone_epochs=freeze_backbone_epochs,
             cpu_threads=cpu_threads,
+            channels_last=channels_last,
         )
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
@@ -117,8 +118,6 @@ class DetectionModule(TaskModule):
             )
         else:
             raise ValueError(f"architecture must be 'ssd' or 'frcnn', got {architecture!r}")
-        if channels_last:  # depthwise convs run several times faster on CPU in NHWC
-            self.detector.to(memory_format=torch.channels_last)
         self._results: DetectionResults | None = None
         self._fit_started: float | None = None
         self._drawn = 0

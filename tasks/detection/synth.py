@@ -109,7 +109,8 @@ def render_image(seed: int, index: int, image_size: tuple[int, int]) -> tuple[Im
     for _ in range(int(rng.integers(1, 6))):
         size_class = rng.choice(list(SIDE_RANGES), p=SIZE_CLASS_PROBS)
         low, high = SIDE_RANGES[size_class]
-        side = int(rng.integers(low, min(high, height - 1, width - 1) + 1))
+        high = min(high, height - 1, width - 1)  # small images cap the large class at their side
+        side = int(rng.integers(min(low, high), high + 1))
         for _attempt in range(20):  # rejection-sample a placement that does not bury another object
             box = [
                 int(rng.integers(0, width - side + 1)),

@@ -33,10 +33,13 @@ DEFAULT_CONFIG = CONFIG_ROOT / "face_embedding" / "synthetic.yaml"
 GRID_QUERIES = 8
 
 
-def train(config: Path, out: Path, *, minutes: float, overrides: dict) -> Path:
-    """Fit the recipe in `config` (trainer limits capped by `minutes`); returns the checkpoint path."""
+def train(config: Path, out: Path, *, minutes: float, max_steps: int | None = None) -> Path:
+    """Fit the recipe in `config` (trainer limits capped by `minutes`); returns the checkpoint path.
+
+    `max_steps` replaces the recipe's, so a shorter demo still finishes its learning-rate schedule.
+    """
     recipe = yaml.safe_load(config.read_text())
-    data_args = {**recipe.get("data", {}), **overrides}
+    data_args = recipe.get("data", {})
     module = FaceEmbeddingModule(**recipe.get("model", {}))
     data = FaceDataModule(**data_args)
     trainer_args = {
@@ -44,6 +47,8 @@ def train(config: Path, out: Path, *, minutes: float, overrides: dict) -> Path:
         for k, v in recipe.get("trainer", {}).items()
         if k in ("max_steps", "max_epochs", "check_val_every_n_epoch")
     }
+    if max_steps is not None:
+        trainer_args["max_steps"] = max_steps
     trainer = pl.Trainer(
         **trainer_args,
         max_time={"seconds": minutes * 60},
@@ -70,6 +75,7 @@ def main_demo(argv: list[str]) -> int:
         "--config", type=Path, default=DEFAULT_CONFIG, help="training recipe (LightningCLI YAML)"
     )
     parser.add_argument("--minutes", type=float, default=5.0, help="training time limit")
+    parser.add_argument("--max-steps", type=int, help="training steps (default: the recipe's)")
     parser.add_argument("--test-identities", type=int, default=100, help="unseen people in the gallery")
     parser.add_argument("--images-per-identity", type=int, default=10, help="photos per unseen person")
     parser.add_argument(
@@ -84,7 +90,7 @@ def main_demo(argv: list[str]) -> int:
     weights = (
         Path(args.weights)
         if args.weights
-        else train(args.config, args.out, minutes=args.minutes, overrides={})
+        else train(args.config, args.out, minutes=args.minutes, max_steps=args.max_steps)
     )
     loaded = load_embedder(weights)
     size = loaded.image_size

@@ -41,6 +41,7 @@ class FaceEmbeddingModule(TaskModule):
         optim: OptimConfig | None = None,
         freeze_backbone_epochs: int = 0,
         cpu_threads: int | None = None,
+        channels_last: bool = True,
         embedding_dim: int = 128,
         mode: Literal["triplet", "distill"] = "triplet",
         margin: float = 0.2,
@@ -55,6 +56,7 @@ class FaceEmbeddingModule(TaskModule):
             optim=optim,
             freeze_backbone_epochs=freeze_backbone_epochs,
             cpu_threads=cpu_threads,
+            channels_last=channels_last,
         )
         if mode not in ("triplet", "distill"):
             raise ValueError(f"mode must be 'triplet' or 'distill', got {mode!r}")

@@ -2,7 +2,7 @@
 
 The set is built so that *identity* and *pixels* disagree. Each identity fixes a symmetric face
 (shape, proportions, skin/hair/eye/lip colours, hair style, eyebrows, nose, mouth, ears, glasses,
-beard) drawn from a generator seeded by `(seed, identity)`; each image of it draws, from a generator
+beard, moles) drawn from a generator seeded by `(seed, identity)`; each image of it draws, from a generator
 seeded by `(seed, identity, image)`, a cluttered background, a pose (rotation, scale, shift), an
 illumination (brightness, gradient, colour cast) and sensor noise. Those nuisances move most pixels,
 so nearest neighbour on raw pixels is poor (`raw_pixel_nn_top1`), while the identity cues stay
@@ -77,6 +77,7 @@ class Identity:
     glasses: str
     glasses_colour: tuple[int, int, int]
     beard: bool
+    moles: tuple[tuple[float, float, float], ...]  # (x, y) as fractions of the face half-axes, radius
 
 
 def _colour(rng: np.random.Generator, palette: np.ndarray, jitter: float) -> tuple[int, int, int]:
@@ -110,6 +111,12 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         glasses=GLASSES[rng.integers(len(GLASSES))],
         glasses_colour=_colour(rng, np.array([[10, 10, 10], [150, 30, 30], [200, 170, 60]]), 20),
         beard=bool(rng.random() < 0.25),
+        # Drawn last so adding them left every other trait of an identity unchanged. Like real
+        # moles they are small, fixed to the person, and the cue that separates look-alikes.
+        moles=tuple(
+            (float(rng.uniform(-0.7, 0.7)), float(rng.uniform(-0.5, 0.7)), float(rng.uniform(2.5, 4.0)))
+            for _ in range(int(rng.integers(0, 4)))
+        ),
     )
 
 
@@ -183,6 +190,10 @@ def _draw_face(face: Identity, size: int) -> tuple[np.ndarray, np.ndarray]:
     mouth = np.array([_pt(cx + t * face.mouth_width, mouth_y + 0.5 * face.smile * (1 - t * t))
                       for t in np.linspace(-1, 1, 9)])
     cv2.polylines(layer, [mouth], False, face.lips, 3, aa)
+
+    mole_colour = tuple(int(c * 0.45) for c in face.skin)
+    for x, y, radius in face.moles:
+        cv2.circle(layer, _pt(cx + x * w, cy + y * h), int(round(radius)), mole_colour, -1, aa)
 
     mask = layer.any(axis=2).astype(np.float32)
     resize = dict(dsize=(size, size), interpolation=cv2.INTER_AREA)

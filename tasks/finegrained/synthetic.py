@@ -43,7 +43,7 @@ STRIPE_HALF_WIDTH = 0.025
 TAIL_ROOT_X, TAIL_LENGTH = -0.27, 0.26
 # Nuisance ranges, per image.
 SCALE_RANGE = (0.68, 0.95)  # glyph length as a fraction of the image side
-ROTATION_DEGREES = 180.0  # uniform in +-this
+ROTATION_DEGREES = 30.0  # uniform in +-this: perched birds are photographed roughly upright
 CLUTTER_COUNT = (3, 9)
 
 
