@@ -25,9 +25,26 @@ def from_model_input(tensor: torch.Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).numpy()
 
 
-def classification_train(size: int, *, scale: tuple[float, float] = (0.25, 1.0)) -> A.Compose:
-    """Random resized crop + horizontal flip: the "little augmentation" of the paper (§3.2)."""
-    return A.Compose([A.RandomResizedCrop(size=(size, size), scale=scale), A.HorizontalFlip(p=0.5)])
+def classification_train(
+    size: int, *, scale: tuple[float, float] = (0.25, 1.0), seed: int | None = None
+) -> A.Compose:
+    """Random resized crop + horizontal flip: the "little augmentation" of the paper (§3.2).
+
+    albumentations draws from its own generator, which `seed_everything` does not reach: without
+    `seed` two identical runs see different crops.
+    """
+    return A.Compose(
+        [A.RandomResizedCrop(size=(size, size), scale=scale), A.HorizontalFlip(p=0.5)], seed=seed
+    )
+
+
+def seed_worker_augmentation(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: forked workers inherit one augmentation generator state, so
+    each reseeds its dataset's albumentations pipeline from its own torch-derived seed."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None:
+        transform.set_random_seed(info.seed % 2**32)
 
 
 def classification_eval(size: int) -> A.Compose:

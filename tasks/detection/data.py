@@ -30,10 +30,10 @@ import numpy as np
 import pytorch_lightning as L
 import torch
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from tasks.common.io import SkipCounter, read_first_readable
-from tasks.common.transforms import to_model_input
+from tasks.common.transforms import seed_worker_augmentation, to_model_input
 from tasks.detection.augment import detection_eval, detection_train
 from tasks.detection.synth import MARKER_FILE, synth_marker_matches, write_synth_shapes
 
@@ -183,13 +183,6 @@ def detection_collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torc
     return list(images), list(targets)
 
 
-def _seed_worker_augmentation(worker_id: int) -> None:
-    """Forked workers inherit one augmentation RNG state; give each its own torch-derived seed."""
-    info = get_worker_info()
-    if info is not None and info.dataset.transform is not None:
-        info.dataset.transform.set_random_seed(info.seed % 2**32)
-
-
 class CocoDataModule(L.LightningDataModule):
     """COCO-format train/val folders, or synth-shapes generated on first use.
 
@@ -307,7 +300,7 @@ class CocoDataModule(L.LightningDataModule):
             drop_last=shuffle and len(dataset) >= self.batch_size,  # a batch of 1 breaks BN on 1x1 maps
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=_seed_worker_augmentation,
+            worker_init_fn=seed_worker_augmentation,
             collate_fn=detection_collate,
         )
 

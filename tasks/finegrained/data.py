@@ -22,7 +22,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import find_classes, make_dataset
 
 from tasks.common.io import SkipCounter, read_first_readable
-from tasks.common.transforms import classification_eval, classification_train, to_model_input
+from tasks.common.transforms import (
+    classification_eval,
+    classification_train,
+    seed_worker_augmentation,
+    to_model_input,
+)
 from tasks.finegrained.synthetic import SyntheticFineGrained
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -325,7 +330,11 @@ class FineGrainedDataModule(pl.LightningDataModule):
                 split=split,
                 transform=transform,
             )
-        transform = (classification_train if train else classification_eval)(self.image_size)
+        transform = (
+            classification_train(self.image_size, seed=self.seed)
+            if train
+            else classification_eval(self.image_size)
+        )
         if self.dataset == "stanford_dogs":
             return StanfordDogs(
                 self.root, "train" if train else "test", transform=transform, crop_to_box=self.crop_to_box
@@ -348,6 +357,7 @@ class FineGrainedDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=seed_worker_augmentation,
         )
 
     def train_dataloader(self) -> DataLoader:
