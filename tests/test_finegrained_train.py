@@ -28,7 +28,9 @@ def test_short_training_beats_chance_by_far(tmp_path):
         backbone=BackboneConfig(width_mult=0.25),
         label_smoothing=0.1,
         cpu_threads=1,
-        optim=OptimConfig(name="sgd", lr=0.2, weight_decay=4e-5, warmup_epochs=1),
+        # lr 0.2 reached 0.87 here alone, but once collapsed to chance inside the full suite: a
+        # test must train well inside the stable range (lr 0.05: 0.88 alone).
+        optim=OptimConfig(name="sgd", lr=0.05, weight_decay=4e-5, warmup_epochs=1),
     )
     trainer = pl.Trainer(
         max_epochs=18,
