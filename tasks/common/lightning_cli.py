@@ -92,7 +92,7 @@ def trainer_defaults(spec: TaskSpec, version: str) -> dict:
             {"class_path": "pytorch_lightning.callbacks.RichProgressBar"},
             {"class_path": "pytorch_lightning.callbacks.LearningRateMonitor"},
             {
-                "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                "class_path": "tasks.common.checkpoint.RunCheckpoint",
                 "init_args": {
                     "monitor": spec.monitor,
                     "mode": spec.mode,

@@ -321,7 +321,7 @@ class FineGrainedDataModule(pl.LightningDataModule):
         train = split == "train"
         if self.dataset == "synthetic":
             per_class = self.synthetic_train_per_class if train else self.synthetic_val_per_class
-            transform = A.HorizontalFlip(p=0.5) if train else None
+            transform = A.Compose([A.HorizontalFlip(p=0.5)], seed=self.seed) if train else None
             return SyntheticFineGrained(
                 self.synthetic_classes,
                 per_class,
