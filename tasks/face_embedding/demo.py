@@ -39,6 +39,7 @@ def train(config: Path, out: Path, *, minutes: float, max_steps: int | None = No
     `max_steps` replaces the recipe's, so a shorter demo still finishes its learning-rate schedule.
     """
     recipe = yaml.safe_load(config.read_text())
+    pl.seed_everything(recipe.get("seed_everything", 0))  # the same initial weights as `fit` with this recipe
     data_args = recipe.get("data", {})
     module = FaceEmbeddingModule(**recipe.get("model", {}))
     data = FaceDataModule(**data_args)
