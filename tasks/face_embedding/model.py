@@ -116,4 +116,6 @@ def load_embedder(
         model.load_state_dict(state)
     except RuntimeError as err:  # names every missing, unexpected and mis-shaped tensor
         raise ValueError(f"{path}: weights do not fit the configured embedder:\n{err}") from None
-    return LoadedEmbedder(model=model.eval(), image_size=int(image_size or DEFAULT_IMAGE_SIZE))
+    # NHWC weights pick the fast depthwise kernels on CPU, as in training (TaskModule.setup).
+    model = model.to(memory_format=torch.channels_last).eval()
+    return LoadedEmbedder(model=model, image_size=int(image_size or DEFAULT_IMAGE_SIZE))
