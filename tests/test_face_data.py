@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from tasks.face_embedding.data import IdentityFolder, PKSampler, face_eval_transform, face_train_transform
+from tasks.face_embedding.datamodule import FaceDataModule
 from tasks.face_embedding.lfw import make_pairs
 from tasks.face_embedding.synthetic import SyntheticFaces, raw_pixel_nn_top1, write_identity_folders
 
@@ -90,6 +91,21 @@ def test_face_transforms_give_requested_size():
     image = np.random.default_rng(0).integers(0, 256, (50, 40, 3), dtype=np.uint8)
     assert face_train_transform(32)(image=image)["image"].shape == (32, 32, 3)
     assert face_eval_transform(24)(image=image)["image"].shape == (24, 24, 3)
+
+
+def test_augmented_training_photos_repeat_across_runs():
+    """Augmentation draws from albumentations' own generator; the data module seeds it."""
+    def first_photos():
+        data = FaceDataModule(
+            synthetic=dict(train_identities=4, images_per_identity=3), image_size=32, p=2, k=2, augment=True
+        )
+        data.setup("fit")
+        return torch.stack([data.train_set[i][0] for i in range(6)])
+
+    first, again = first_photos(), first_photos()
+    assert torch.equal(first, again)
+    plain = SyntheticFaces(4, 3, size=32)
+    assert not torch.equal(first, torch.stack([plain[i][0] for i in range(6)]))  # augmentation did act
 
 
 def test_synthetic_faces_are_deterministic_and_identity_ranges_disjoint():

@@ -117,14 +117,17 @@ class PKSampler(Sampler[list[int]]):
             yield indices
 
 
-def face_train_transform(size: int) -> A.Compose:
-    """Small pose jitter, mirror and colour jitter: aligned crops vary little; a mirror is the same face."""
+def face_train_transform(size: int, *, seed: int | None = None) -> A.Compose:
+    """Small pose jitter, mirror and colour jitter: aligned crops vary little; a mirror is the same face.
+
+    `seed` makes runs repeatable: albumentations' generator is out of `seed_everything`'s reach.
+    """
     return A.Compose([
         A.Resize(size, size),
         A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.8),
         A.HorizontalFlip(p=0.5),
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8),
-    ])
+    ], seed=seed)
 
 
 def face_eval_transform(size: int) -> A.Compose:

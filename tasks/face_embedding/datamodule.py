@@ -26,7 +26,7 @@ from torch.utils.data.dataloader import default_collate
 
 from tasks.common.config import as_dataclass, plain
 from tasks.common.io import ImageReadError, SkipCounter, read_first_readable, read_image
-from tasks.common.transforms import to_model_input
+from tasks.common.transforms import seed_worker_augmentation, to_model_input
 from tasks.face_embedding.data import IdentityFolder, PKSampler, face_eval_transform, face_train_transform
 from tasks.face_embedding.evaluation import EvalSet, image_key
 from tasks.face_embedding.lfw import make_pairs, read_pairs
@@ -206,7 +206,7 @@ class FaceDataModule(pl.LightningDataModule):
             self.test_set = self._eval_set(TEST_IDENTITY_OFFSET)
 
     def _train_set(self) -> Dataset:
-        transform = face_train_transform(self.image_size) if self.augment else None
+        transform = face_train_transform(self.image_size, seed=self.seed) if self.augment else None
         if self.train_root:
             return KeyedIdentityFolder(
                 self.train_root, transform=transform or face_eval_transform(self.image_size)
@@ -249,6 +249,7 @@ class FaceDataModule(pl.LightningDataModule):
             batch_sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker_augmentation,
         )
 
     def _eval_loader(self, eval_set: EvalSet) -> DataLoader:
