@@ -80,11 +80,40 @@ def test_pk_sampler_is_deterministic_per_epoch_and_disjoint_across_ranks():
     assert [list(s) for s in ranks] != first
 
 
+def clustered_centroids(groups: int, size: int, dim: int = 16) -> np.ndarray:
+    """Unit vectors for `groups * size` identities; identities i // size == c sit around centre c."""
+    rng = np.random.default_rng(0)
+    centres = np.repeat(rng.normal(size=(groups, dim)), size, axis=0)
+    centroids = centres + 0.01 * rng.normal(size=centres.shape)
+    return centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+
+
+def test_pk_sampler_look_alike_batches_gather_nearest_identities():
+    labels = np.repeat(np.arange(32), 3)
+    sampler = PKSampler(labels, 8, 2, seed=1, similar_identities=4)
+    plain = list(PKSampler(labels, 8, 2, seed=1))
+    assert list(sampler) == plain  # no centroids yet: random people, as without grouping
+
+    sampler.set_identity_centroids(clustered_centroids(groups=8, size=4))
+    batches = list(sampler)
+    assert len(batches) == 4
+    for batch, random_batch in zip(batches, plain, strict=True):
+        people = Counter(labels[batch].tolist())
+        assert sorted(people.values()) == [2] * 8
+        assert sorted(Counter(person // 4 for person in people).values()) == [4, 4]  # two whole groups
+        # each group grows from one of the people the random batch would have started with
+        assert [labels[batch[0]], labels[batch[8]]] == [labels[random_batch[0]], labels[random_batch[2]]]
+
+
 def test_pk_sampler_rejects_impossible_requests():
     with pytest.raises(ValueError, match="8 identities cannot fill p=5 x 2 replicas"):
         PKSampler(LABELS, 5, 2, num_replicas=2)
     with pytest.raises(ValueError, match="k >= 2"):
         PKSampler(LABELS, 2, 1)
+    with pytest.raises(ValueError, match="similar_identities=3 must divide p=4"):
+        PKSampler(LABELS, 4, 2, similar_identities=3)
+    with pytest.raises(ValueError, match="7 centroids for 8 identities"):
+        PKSampler(LABELS, 4, 2, similar_identities=2).set_identity_centroids(np.eye(7))
 
 
 def test_face_transforms_give_requested_size():

@@ -3,11 +3,13 @@ checkpoints restore the embedder with `weights_only=True`, and the YAML recipe r
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 
 from tasks.common.lightning_cli import TaskSpec, run_task_cli
+from tasks.face_embedding.data import PKSampler
 from tasks.face_embedding.datamodule import FaceDataModule, KeyedSyntheticFaces
 from tasks.face_embedding.inference import embed_dataset
 from tasks.face_embedding.lfw import first_image_gallery, identification_topk
@@ -185,6 +187,7 @@ def test_synthetic_recipe_runs_through_the_cli(tmp_path, monkeypatch):
             "--data.image_size=32",
             "--data.p=4",
             "--data.k=2",
+            "--data.similar_identities=2",
             "--data.batches_per_epoch=2",
             "--model.backbone.width_mult=0.25",
         ],
@@ -216,3 +219,25 @@ def test_identity_head_must_match_the_training_identities(tmp_path):
     module = FaceEmbeddingModule(backbone=FAST_BN, embedding_dim=32, softmax_weight=1.0, num_identities=5)
     with pytest.raises(ValueError, match="training set has 24 identities"):
         trainer(tmp_path, 1).fit(module, FaceDataModule(**SMALL_DATA))
+
+
+def test_look_alike_batches_get_the_models_identity_centroids_each_epoch(tmp_path, monkeypatch):
+    handed = []
+    original = PKSampler.set_identity_centroids
+
+    def record(sampler, centroids):
+        handed.append(centroids)
+        original(sampler, centroids)
+
+    monkeypatch.setattr(PKSampler, "set_identity_centroids", record)
+    pl.seed_everything(4)
+    data = FaceDataModule(**SMALL_DATA, batches_per_epoch=3, similar_identities=4, augment=False)
+    module = FaceEmbeddingModule(backbone=FAST_BN, embedding_dim=32, optim=ADAM)
+    run = trainer(tmp_path, 9)
+    run.fit(module, data)
+    assert len(handed) == 2  # at the start of epochs 1 and 2, from the epoch before
+    for centroids in handed:
+        assert centroids.shape == (24, 32)
+        norms = np.linalg.norm(centroids, axis=1)
+        assert np.allclose(norms[norms > 0], 1.0) and (norms > 0).sum() >= 8  # people seen last epoch
+    assert run.train_dataloader.batch_sampler.look_alikes.shape == (24, 16)

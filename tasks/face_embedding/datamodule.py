@@ -169,6 +169,7 @@ class FaceDataModule(pl.LightningDataModule):
         p: int = 32,
         k: int = 4,
         batches_per_epoch: int | None = None,
+        similar_identities: int = 1,
         augment: bool = True,
         pairs_per_fold: int = 300,
         eval_batch_size: int = 256,
@@ -191,6 +192,7 @@ class FaceDataModule(pl.LightningDataModule):
         )
         self.image_size, self.p, self.k = image_size, p, k
         self.batches_per_epoch, self.augment = batches_per_epoch, augment
+        self.similar_identities = similar_identities
         self.pairs_per_fold, self.eval_batch_size = pairs_per_fold, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
         self.train_set: Dataset | None = None
@@ -243,6 +245,7 @@ class FaceDataModule(pl.LightningDataModule):
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
             batches_per_epoch=self.batches_per_epoch,
+            similar_identities=self.similar_identities,
         )
         return DataLoader(
             self.train_set,

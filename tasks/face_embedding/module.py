@@ -81,6 +81,7 @@ class FaceEmbeddingModule(TaskModule):
         self.teacher: Teacher | None = None  # built when fitting, kept out of the checkpoint
         self._eval_embeddings: list[torch.Tensor] = []
         self._eval_teacher_mse: list[torch.Tensor] = []
+        self._identity_sums: torch.Tensor | None = None  # for look-alike batches (PKSampler)
 
     @property
     def backbone(self) -> nn.Module:  # TaskModule freezes and unfreezes this
@@ -121,12 +122,23 @@ class FaceEmbeddingModule(TaskModule):
         batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
         if hasattr(batch_sampler, "set_epoch"):
             batch_sampler.set_epoch(self.current_epoch)
+        if getattr(batch_sampler, "similar_identities", 1) > 1:
+            self._share_identity_centroids(batch_sampler)
+
+    def _share_identity_centroids(self, batch_sampler) -> None:
+        """Hand the sampler last epoch's mean embedding per identity, then start summing afresh."""
+        if self._identity_sums is not None:
+            sums = self._identity_sums[torch.as_tensor(batch_sampler.identities)]
+            batch_sampler.set_identity_centroids(nn.functional.normalize(sums, dim=1).numpy())
+        self._identity_sums = torch.zeros(int(batch_sampler.identities.max()) + 1, self.hparams.embedding_dim)
 
     def training_step(self, batch, batch_idx):
         images, labels, keys = batch
         embeddings = self(images)
         if self.mode == "triplet":
             loss, active = batch_semi_hard_triplet_loss(embeddings, labels, margin=self.margin)
+            if self._identity_sums is not None:
+                self._identity_sums.index_add_(0, labels.cpu(), embeddings.detach().float().cpu())
             self.log("train/active_triplets", float(active), batch_size=len(labels))
             if self.classifier is not None:
                 identity_loss = self.classifier(embeddings, labels)
