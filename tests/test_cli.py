@@ -75,6 +75,20 @@ def test_fit_resume_test_predict_round_trip(in_tmp, monkeypatch):
     assert scores == sorted(scores, reverse=True) and len(scores) == 5
 
 
+def test_a_runs_saved_config_reused_logs_into_a_new_run(in_tmp, monkeypatch):
+    main(["finegrained", "fit", "--trainer.max_epochs=1", *QUICK])
+    (first,) = run_dirs(in_tmp)
+    written = {name: (first / name).read_bytes() for name in ("config.yaml", "metrics.csv", "hparams.yaml")}
+
+    monkeypatch.delenv(RUN_VERSION_ENV)
+    main(["finegrained", "test", "--config", str(first / "config.yaml"),
+          "--ckpt_path", str(first / "checkpoints" / "last.ckpt"), "--trainer.limit_test_batches=1"])
+    second = run_dirs(in_tmp)[-1]
+    assert second != first
+    assert {name: (first / name).read_bytes() for name in written} == written  # the fit's record is intact
+    assert "test/top1" in (second / "metrics.csv").read_text().splitlines()[0]
+
+
 def test_runs_started_in_the_same_second_get_their_own_directories(in_tmp):
     names = [new_run_version("finegrained") for _ in range(3)]
     assert len(set(names)) == 3

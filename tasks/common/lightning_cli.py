@@ -143,6 +143,16 @@ class SuiteCLI(LightningCLI):
         trainer = self.config[self.subcommand].trainer if self.subcommand else self.config.trainer
         if trainer.enable_progress_bar is False and trainer.callbacks:
             trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
+        self._log_into_this_run(trainer.logger)
+
+    def _log_into_this_run(self, loggers) -> None:
+        """A run's saved config.yaml names that run's directory; a command re-using it (`test --config
+        runs/<task>/<run>/config.yaml`) must log into its own, not overwrite the earlier run's files."""
+        this_task = (str(RUNS_ROOT), self.spec.name)
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init = getattr(logger, "init_args", None)
+            if init is not None and (init.get("save_dir"), init.get("name")) == this_task:
+                init.version = self.version
 
 
 def run_task_cli(spec: TaskSpec, args: list[str]) -> LightningCLI:
