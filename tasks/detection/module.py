@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from backbone import MobileNetV1
-from tasks.common.config import BackboneConfig, OptimConfig, as_dataclass
+from tasks.common.config import as_dataclass
 from tasks.common.io import write_text_atomic
 from tasks.common.module import TaskModule
 from tasks.common.transforms import from_model_input
@@ -76,24 +76,14 @@ class DetectionModule(TaskModule):
         architecture: Literal["ssd", "frcnn"] = "ssd",
         num_classes: int = 5,
         image_size: int = 300,
-        backbone: BackboneConfig | None = None,
-        optim: OptimConfig | None = None,
-        freeze_backbone_epochs: int = 0,
         ssd: SSDOptions | None = None,
         frcnn: FasterRCNNOptions | None = None,
-        cpu_threads: int | None = None,
-        channels_last: bool = True,
         eval_backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools",
         draw_predictions: int = 0,
         draw_score_threshold: float = 0.3,
+        **shared,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            optim=optim,
-            freeze_backbone_epochs=freeze_backbone_epochs,
-            cpu_threads=cpu_threads,
-            channels_last=channels_last,
-        )
+        super().__init__(**shared)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
         # How predictions are drawn is not part of the trained model: left out of the checkpoint so

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks.common.config import BackboneConfig, OptimConfig
 from tasks.common.module import TaskModule
 from tasks.finegrained.metrics import (
     classification_metrics,
@@ -23,21 +22,11 @@ class FineGrainedModule(TaskModule):
         *,
         num_classes: int,
         class_names: list[str] | None = None,
-        backbone: BackboneConfig | None = None,
-        optim: OptimConfig | None = None,
-        freeze_backbone_epochs: int = 0,
-        cpu_threads: int | None = None,
-        channels_last: bool = True,
         label_smoothing: float = 0.0,
         predict_top_k: int = 5,
+        **shared,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            optim=optim,
-            freeze_backbone_epochs=freeze_backbone_epochs,
-            cpu_threads=cpu_threads,
-            channels_last=channels_last,
-        )
+        super().__init__(**shared)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.save_hyperparameters(ignore=["predict_top_k"])  # a predict-time choice, not the model's
