@@ -56,7 +56,8 @@ def test_fit_resume_test_predict_round_trip(in_tmp, monkeypatch):
     assert config["data"]["dataset"] == "synthetic"  # defaults come from configs/finegrained/synthetic.yaml
     last = first / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)  # plain types only: safe to load
-    assert checkpoint["epoch"] == 0 and checkpoint["hyper_parameters"]["num_classes"] == 24
+    assert checkpoint["global_step"] == 2 and checkpoint["epoch"] == 1  # saved as training ended
+    assert checkpoint["hyper_parameters"]["num_classes"] == 24
     assert len(list((first / "checkpoints").glob("best-*.ckpt"))) == 1
     assert (first / "metrics.csv").exists()
 
@@ -65,7 +66,7 @@ def test_fit_resume_test_predict_round_trip(in_tmp, monkeypatch):
     second = run_dirs(in_tmp)[-1]
     assert second != first
     resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["epoch"] == 1 and resumed["global_step"] == 4  # continued, not restarted
+    assert resumed["global_step"] == 4 and resumed["epoch"] == 2  # continued: two epochs done, not restarted
 
     monkeypatch.delenv(RUN_VERSION_ENV)
     main(["finegrained", "predict", "--ckpt_path=last", "--trainer.limit_predict_batches=1", *QUICK])

@@ -2,7 +2,9 @@
 
 * `last.ckpt` holds the weights training ended with. Stock Lightning writes it only after a
   validation, so a run stopped by `max_steps` or `max_time` between validations leaves the last
-  *validated* weights there and silently drops the final (annealed) steps.
+  *validated* weights there and silently drops the final (annealed) steps. It is written once more
+  when training ends even if this step was saved already: callbacks that change the model then
+  (`PreciseBatchNorm`, weight averaging) run before checkpoint callbacks, which Lightning runs last.
 * No checkpoint is ever half-written: each is saved under a temporary name and renamed, so a
   crash or a full disk mid-save leaves the previous file intact.
 """
@@ -13,13 +15,16 @@ import os
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
 PARTIAL_SUFFIX = ".partial"
 
 
 class RunCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        saves_nothing = trainer.fast_dev_run or trainer.sanity_checking or not fitting
+        if self.save_last and not saves_nothing:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:

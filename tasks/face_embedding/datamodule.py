@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.data.dataloader import default_collate
 
 from tasks.common.config import as_dataclass, plain
@@ -252,6 +252,21 @@ class FaceDataModule(pl.LightningDataModule):
             batch_sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker_augmentation,
+        )
+
+    def calibration_dataloader(self, batches: int) -> DataLoader:
+        """`batches` P x K-sized batches of random training photos (the same draw on every rank): what
+        `PreciseBatchNorm` estimates statistics on, since look-alike training batches are no random sample."""
+        size = self.p * self.k
+        sampler = RandomSampler(
+            self.train_set, num_samples=batches * size, generator=torch.Generator().manual_seed(self.seed)
+        )
+        return DataLoader(
+            self.train_set,
+            batch_size=size,
+            sampler=sampler,
+            num_workers=self.num_workers,
             worker_init_fn=seed_worker_augmentation,
         )
 

@@ -6,6 +6,10 @@
   shapes training and is not part of the embedder (evaluation, export and indexing ignore it).
 * `distill`: the squared difference between the student's embedding and a teacher's (Table 14).
 
+Before each validation during fit, and when training ends, BatchNorm statistics are re-estimated on
+random training photos (`precise_bn_batches`; 0 keeps the running averages), so validation, test and
+every checkpoint use statistics of the data rather than of the last look-alike batches.
+
 Validation and test embed every image of the data module's `EvalSet` and score the LFW protocol
 (10-fold accuracy, VAL@FAR=1e-3) and gallery/probe identification; test also writes the ROC curve
 and the metrics JSON into the run directory.
@@ -16,10 +20,12 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from tasks.common.config import BackboneConfig, OptimConfig, as_dataclass
+from tasks.common.batchnorm import PreciseBatchNorm
+from tasks.common.config import as_dataclass
 from tasks.common.module import TaskModule
 from tasks.face_embedding.evaluation import EvalSet
 from tasks.face_embedding.losses import (
@@ -37,11 +43,6 @@ class FaceEmbeddingModule(TaskModule):
     def __init__(
         self,
         *,
-        backbone: BackboneConfig | None = None,
-        optim: OptimConfig | None = None,
-        freeze_backbone_epochs: int = 0,
-        cpu_threads: int | None = None,
-        channels_last: bool = True,
         embedding_dim: int = 128,
         mode: Literal["triplet", "distill"] = "triplet",
         margin: float = 0.2,
@@ -50,14 +51,10 @@ class FaceEmbeddingModule(TaskModule):
         num_identities: int | None = None,
         softmax_scale: float = 30.0,
         softmax_margin: float = 0.35,
+        precise_bn_batches: int = 50,
+        **shared,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            optim=optim,
-            freeze_backbone_epochs=freeze_backbone_epochs,
-            cpu_threads=cpu_threads,
-            channels_last=channels_last,
-        )
+        super().__init__(**shared)
         if mode not in ("triplet", "distill"):
             raise ValueError(f"mode must be 'triplet' or 'distill', got {mode!r}")
         if mode == "distill" and teacher is None:
@@ -82,6 +79,10 @@ class FaceEmbeddingModule(TaskModule):
         self._eval_embeddings: list[torch.Tensor] = []
         self._eval_teacher_mse: list[torch.Tensor] = []
         self._identity_sums: torch.Tensor | None = None  # for look-alike batches (PKSampler)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Precise BatchNorm statistics for validation and checkpoints (see `tasks.common.batchnorm`)."""
+        return [PreciseBatchNorm(self.hparams.precise_bn_batches)] if self.hparams.precise_bn_batches else []
 
     @property
     def backbone(self) -> nn.Module:  # TaskModule freezes and unfreezes this
