@@ -32,7 +32,7 @@ class PreciseBatchNorm(pl.Callback):
     best checkpoint hold the re-estimated statistics.
     """
 
-    def __init__(self, batches: int = 50) -> None:
+    def __init__(self, batches: int = 25) -> None:
         if batches < 1:
             raise ValueError(f"precise BatchNorm needs at least one batch, got {batches}")
         self.batches = batches

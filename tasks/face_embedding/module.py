@@ -51,7 +51,7 @@ class FaceEmbeddingModule(TaskModule):
         num_identities: int | None = None,
         softmax_scale: float = 30.0,
         softmax_margin: float = 0.35,
-        precise_bn_batches: int = 50,
+        precise_bn_batches: int = 25,
         **shared,
     ) -> None:
         super().__init__(**shared)

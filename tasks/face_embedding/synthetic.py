@@ -31,7 +31,7 @@ from tasks.common.io import atomic_write
 from tasks.common.transforms import to_model_input
 from tasks.face_embedding.lfw import first_image_gallery, identification_topk
 
-FACE_LAYER_CACHE_SIZE = 1024  # identities whose drawn face each process keeps (~100 MB at 80 px)
+FACE_LAYER_CACHE_SIZE = 2048  # identities whose drawn face each process keeps (~200 MB at 80 px)
 CANVAS = 128  # faces are drawn on a 128-px canvas in these units, then resized to `size`
 
 SKIN_TONES = np.array(
