@@ -111,6 +111,30 @@ def test_print_config_shows_the_task_defaults(in_tmp, capsys):
     assert printed["data"]["synthetic_classes"] == 24
 
 
+@pytest.mark.parametrize(
+    "recipe", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").glob("*/*.yaml"))
+)
+def test_every_shipped_recipe_parses_through_its_tasks_cli(recipe, in_tmp, capsys):
+    task = Path(recipe).parent.name.replace("_", "-")
+    with pytest.raises(SystemExit) as stop:
+        main([task, "fit", "--config", str(REPO / recipe), "--print_config"])
+    assert stop.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    for path, value in leaves(yaml.safe_load((REPO / recipe).read_text())):  # each setting kept as written
+        found = printed
+        for key in path:
+            found = found[key]
+        assert found == value, (recipe, path)
+
+
+def leaves(tree: dict, path: tuple = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, (*path, key))
+        else:
+            yield (*path, key), value
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_see_disjoint_data(tmp_path):
     """The multi-machine path: `--trainer.strategy ddp` with gloo, two ranks on this CPU."""
