@@ -19,7 +19,7 @@ MOBILENETS = str(Path(sys.executable).parent / "mobilenets")
 # 12 epochs (the SSD recipe runs 24) take about 2.3 minutes on 2 cores; an epoch count (not a time
 # limit) lets the cosine schedule finish, and the recipe's max_time still caps a slow machine.
 DETECTION_EPOCHS = os.environ.get("DEMO_DETECTION_EPOCHS", "12")
-FACE_MINUTES = os.environ.get("DEMO_FACE_MINUTES", "5")  # the full face recipe: about 4.5 minutes
+FACE_MINUTES = os.environ.get("DEMO_FACE_MINUTES", "5")  # the full face recipe: about 4 minutes
 
 
 def run(*args: str) -> None:

@@ -63,7 +63,7 @@ def train(config: Path, out: Path, *, minutes: float, max_steps: int | None = No
     print(f"trained {trainer.global_step} steps in {time.perf_counter() - started:.0f} s")
     checkpoint = out / "face_embedder.ckpt"
     with atomic_write(checkpoint) as tmp:
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=True)  # for inference: no optimiser state
     return checkpoint
 
 
