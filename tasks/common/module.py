@@ -3,7 +3,8 @@
 A task module builds its network in `__init__` (calling `self.backbone_config.build()`), keeps the
 MobileNet as `self.backbone` (so checkpoints name its weights `backbone.*` and `load_weights` can
 reuse them in any task), and implements the steps. Everything about how the
-network is optimised lives here, once.
+network is optimised lives here, once. Task modules take this class's options as `**shared` and pass
+them on; jsonargparse follows `super().__init__(**shared)`, so the CLI still lists them as `model.*`.
 """
 
 from __future__ import annotations
