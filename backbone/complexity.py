@@ -8,8 +8,6 @@ counted as it really is. A BatchNorm's γ/β are charged to the conv that feeds 
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -200,29 +198,3 @@ def profile_mobilenet(*, resolution: int = 224, **options: Any) -> Profile:
     return profile(model, input_size=resolution)
 
 
-def main_profile(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mobilenets profile", description="Per-layer parameters and mult-adds of MobileNet v1."
-    )
-    parser.add_argument("--width-mult", type=float, default=1.0)
-    parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--conv", choices=("separable", "full"), default="separable")
-    parser.add_argument("--shallow", action="store_true")
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--paper", action="store_true", help="print Tables 2-7 and 9 beside our counts")
-    args = parser.parse_args(argv)
-    if args.paper:
-        from backbone.paper_tables import paper_report
-
-        print(paper_report())
-        return 0
-    try:
-        result = profile_mobilenet(
-            resolution=args.resolution, width_mult=args.width_mult, conv=args.conv,
-            shallow=args.shallow, num_classes=args.num_classes,
-        )
-    except ValueError as err:
-        parser.error(str(err))
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
-    return 0

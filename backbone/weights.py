@@ -67,7 +67,10 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
         raise ValueError(f"cannot read weights from {path}: {err}") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # Lightning checkpoint
+        prefix = state.get("backbone_prefix")  # where a task module keeps its MobileNet (TaskModule)
         state = state["state_dict"]
+        if isinstance(prefix, str):
+            state = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return state

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.common.io import write_text_atomic
-from tasks.detection.coco_eval import BACKENDS, STAT_NAMES, evaluate_coco, write_results_json
+from tasks.detection.metrics import BACKENDS, STAT_NAMES, evaluate_coco, write_results_json
 
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}]
 WIDTH, HEIGHT = 640, 480

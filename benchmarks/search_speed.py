@@ -60,7 +60,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tasks.face_embedding.index import EmbeddingIndex  # noqa: E402
+from tasks.face_embedding.index import EmbeddingIndex
 
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 EF_SEARCHES = (16, 32, 64, 128, 256, 512, 1024)

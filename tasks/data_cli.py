@@ -7,7 +7,7 @@ import sys
 from tasks.common.lightning_cli import load_object
 
 GENERATORS = {
-    "synth-shapes": "tasks.detection.synth:main",
+    "synth-shapes": "tasks.detection.commands:main_synth_shapes",
 }
 
 

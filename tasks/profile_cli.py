@@ -6,7 +6,7 @@ so `--model` is routed here to the detection task's profiler.
 
 from __future__ import annotations
 
-from backbone.complexity import main_profile
+from backbone.paper_tables import main_profile
 from tasks.detection.profile import main as main_detector_profile
 
 

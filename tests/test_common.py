@@ -13,6 +13,7 @@ from backbone import mobilenet_v1
 from tasks.common.config import BackboneConfig, OptimConfig, as_dataclass, plain
 from tasks.common.io import ImageReadError, SkipCounter, atomic_write, read_first_readable, read_image
 from tasks.common.optim import build_optimizer, lr_factor, no_decay_parameter_names, parameter_groups
+from tasks.common.transforms import to_model_input
 
 
 def test_no_decay_covers_exactly_depthwise_bn_and_bias():
@@ -99,3 +100,34 @@ def test_corrupt_images_are_named_and_skipped(tmp_path):
     assert len(skipped) == 1 and skipped.paths == [str(bad)]
     with pytest.raises(ImageReadError, match="no readable image"):
         read_first_readable([bad].__getitem__, 0, 1, skipped)
+
+
+def test_augmentation_declared_in_the_recipe_replaces_the_default():
+    import albumentations as A
+    import numpy as np
+
+    from tasks.common.transforms import build_augmentation
+
+    image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    default = build_augmentation(None, lambda: A.Compose([A.VerticalFlip(p=1.0)]))
+    np.testing.assert_array_equal(default(image=image)["image"], image[::-1])
+    flip = build_augmentation([{"name": "HorizontalFlip", "p": 1.0}], lambda: None, then=[A.Resize(8, 8)])
+    np.testing.assert_array_equal(flip(image=image)["image"], A.Resize(8, 8)(image=image[:, ::-1])["image"])
+    off = build_augmentation([], lambda: None)
+    np.testing.assert_array_equal(off(image=image)["image"], image)
+    with pytest.raises(ValueError, match=r"augment\[0\]: unknown transform 'NoSuchFlip'"):
+        build_augmentation([{"name": "NoSuchFlip"}], lambda: None)
+    with pytest.raises(ValueError, match=r"augment\[1\] \(RandomResizedCrop\): (?s:.*)size"):
+        build_augmentation([{"name": "VerticalFlip"}, {"name": "RandomResizedCrop", "size": 5}], lambda: None)
+    with pytest.raises(ValueError, match=r"augment\[0\]: a transform needs a `name`"):
+        build_augmentation([{"p": 0.5}], lambda: None)
+
+
+def test_a_finegrained_recipe_can_turn_the_flip_off(tmp_path):
+    from tasks.finegrained.data import FineGrainedDataModule
+
+    small = dict(image_size=32, synthetic_classes=3, synthetic_train_per_class=4)
+    train = FineGrainedDataModule("synthetic", **small, augment=[]).make_dataset("train")
+    reference = FineGrainedDataModule("synthetic", **small).make_dataset("train")
+    for index in range(len(train)):
+        torch.testing.assert_close(train[index][0], to_model_input(reference.image(index)[0]))

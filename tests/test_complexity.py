@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from backbone import mobilenet_v1
-from backbone.complexity import main_profile, profile, profile_mobilenet
-from backbone.paper_tables import TABLE2
+from backbone.complexity import profile, profile_mobilenet
+from backbone.paper_tables import TABLE2, main_profile
 
 # REFERENCE §1 "Exact complexity": params, and mult-adds (M) at 224/192/160/128.
 EXACT = {

@@ -11,8 +11,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from tasks.detection.augment import SSDRandomCrop, detection_eval, detection_train
+from tasks.detection.commands import main_synth_shapes
 from tasks.detection.data import CocoDataModule, CocoDetection, detection_collate
-from tasks.detection.synth import CATEGORY_IDS, SHAPES, main, write_synth_shapes
+from tasks.detection.synthetic import CATEGORY_IDS, SHAPES, write_synth_shapes
 
 SMALL, LARGE = 32**2, 96**2
 
@@ -68,8 +69,8 @@ def test_synth_writes_valid_coco_with_exact_counts_and_all_sizes(synth_root):
 
 
 def test_synth_is_deterministic_by_seed(tmp_path, synth_root):
-    main(["--out", str(tmp_path / "same"), "--images", "30", "--seed", "5"])
-    main(["--out", str(tmp_path / "other"), "--images", "30", "--seed", "6"])
+    main_synth_shapes(["--out", str(tmp_path / "same"), "--images", "30", "--seed", "5"])
+    main_synth_shapes(["--out", str(tmp_path / "other"), "--images", "30", "--seed", "6"])
     ann = "annotations/instances_val.json"
     assert (tmp_path / "same" / ann).read_bytes() == (synth_root / ann).read_bytes()
     assert (tmp_path / "same/train/000003.jpg").read_bytes() == (synth_root / "train/000003.jpg").read_bytes()

@@ -12,16 +12,16 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tasks.detection.coco_eval import (
+from tasks.detection.commands import main_evaluate
+from tasks.detection.metrics import (
     STAT_NAMES,
     DetectionResults,
     detections_to_coco,
     evaluate_coco,
-    main_evaluate,
     write_results_json,
 )
 from tasks.detection.plots import draw_detections, plot_pr_curves, write_ap_tables
-from tasks.detection.synth import write_synth_shapes
+from tasks.detection.synthetic import write_synth_shapes
 
 
 @pytest.fixture(scope="module")

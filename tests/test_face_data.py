@@ -8,9 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.face_embedding.data import IdentityFolder, PKSampler, face_eval_transform, face_train_transform
-from tasks.face_embedding.datamodule import FaceDataModule
+from tasks.face_embedding.data import (
+    FaceDataModule,
+    IdentityFolder,
+    face_eval_transform,
+    face_train_transform,
+)
 from tasks.face_embedding.lfw import make_pairs
+from tasks.face_embedding.sampler import PKSampler
 from tasks.face_embedding.synthetic import SyntheticFaces, raw_pixel_nn_top1, write_identity_folders
 
 
@@ -126,7 +131,7 @@ def test_augmented_training_photos_repeat_across_runs():
     """Augmentation draws from albumentations' own generator; the data module seeds it."""
     def first_photos():
         data = FaceDataModule(
-            synthetic=dict(train_identities=4, images_per_identity=3), image_size=32, p=2, k=2, augment=True
+            synthetic=dict(train_identities=4, images_per_identity=3), image_size=32, p=2, k=2
         )
         data.setup("fit")
         return torch.stack([data.train_set[i][0] for i in range(6)])

@@ -5,19 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.face_embedding.lfw import (
-    Pair,
-    PairsFormatError,
+from tasks.face_embedding.lfw import Pair, PairsFormatError, make_pairs, read_pairs, write_pairs
+from tasks.face_embedding.metrics import (
     first_image_gallery,
     identification_topk,
-    make_pairs,
-    read_pairs,
-    roc_curve_png,
     roc_points,
     ten_fold_accuracy,
     val_at_far,
-    write_pairs,
 )
+from tasks.face_embedding.plots import roc_curve_png
 
 LFW_STYLE = """2\t2
 Abel_Pacheco\t1\t4
@@ -120,7 +116,7 @@ def test_roc_points_and_png(tmp_path: Path):
     far, val = roc_points([0.9, 0.8, 0.8, 0.1], [True, False, True, False])
     assert far.tolist() == [0.0, 0.0, 0.5, 1.0]
     assert val.tolist() == [0.0, 0.5, 1.0, 1.0]
-    roc_curve_png(tmp_path / "roc.png", SCORES, SAME)
+    roc_curve_png(tmp_path / "roc.png", *roc_points(SCORES, SAME))
     assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

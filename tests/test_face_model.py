@@ -6,19 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.face_embedding.datamodule import KeyedSyntheticFaces, synthetic_eval_set
-from tasks.face_embedding.evaluation import EvalSet, image_key
-from tasks.face_embedding.inference import NotAFaceImageError, check_face_image, embed_dataset
-from tasks.face_embedding.lfw import Pair
-from tasks.face_embedding.model import build_embedder, load_embedder
-from tasks.face_embedding.teacher import (
-    EmbeddingFileTeacher,
+from tasks.common.teacher import (
     ModelTeacher,
+    OutputFileTeacher,
     TeacherConfig,
     TeacherLookupError,
     build_teacher,
+)
+from tasks.face_embedding.data import KeyedSyntheticFaces, synthetic_eval_set
+from tasks.face_embedding.inference import (
+    NotAFaceImageError,
+    check_face_image,
+    embed_dataset,
     export_embeddings,
 )
+from tasks.face_embedding.lfw import Pair
+from tasks.face_embedding.metrics import EvalSet, image_key
+from tasks.face_embedding.model import build_embedder, load_embedder, load_teacher_embedder
 
 TINY = {"width_mult": 0.25}
 
@@ -97,7 +101,7 @@ def test_export_then_file_teacher_returns_the_models_embeddings_by_key(tmp_path,
     faces = KeyedSyntheticFaces(3, 2, size=32)
     rows = export_embeddings(embedder, faces, tmp_path / "teacher.npz", batch_size=4)
     assert rows == 6
-    teacher = EmbeddingFileTeacher(tmp_path / "teacher.npz")
+    teacher = OutputFileTeacher(tmp_path / "teacher.npz")
     order = [4, 0, 5]
     images = torch.stack([faces[i][0] for i in order])
     with torch.no_grad():
@@ -116,18 +120,19 @@ def test_export_then_file_teacher_returns_the_models_embeddings_by_key(tmp_path,
 def test_file_teacher_refuses_pickles_and_wrong_arrays(tmp_path):
     np.savez(tmp_path / "objects.npz", paths=np.array(["a", None], dtype=object), embeddings=np.zeros((2, 4)))
     with pytest.raises(ValueError, match="objects.npz"):
-        EmbeddingFileTeacher(tmp_path / "objects.npz")
+        OutputFileTeacher(tmp_path / "objects.npz")
     np.savez(tmp_path / "keys.npz", names=np.array(["a"]), embeddings=np.zeros((1, 4)))
     with pytest.raises(ValueError, match="keys.npz.*'paths'"):
-        EmbeddingFileTeacher(tmp_path / "keys.npz")
+        OutputFileTeacher(tmp_path / "keys.npz")
     np.savez(tmp_path / "short.npz", paths=np.array(["a", "b"]), embeddings=np.zeros((3, 4)))
     with pytest.raises(ValueError, match="short.npz"):
-        EmbeddingFileTeacher(tmp_path / "short.npz")
+        OutputFileTeacher(tmp_path / "short.npz")
 
 
 def test_model_teacher_resizes_to_its_input_size(tmp_path, embedder):
     lightning_style_checkpoint(tmp_path / "t.ckpt", embedder, embedding_dim=16, image_size=40)
-    teacher = build_teacher(TeacherConfig(kind="model", checkpoint=str(tmp_path / "t.ckpt")))
+    config = TeacherConfig(kind="model", checkpoint=str(tmp_path / "t.ckpt"))
+    teacher = build_teacher(config, load_teacher_embedder)
     assert isinstance(teacher, ModelTeacher) and teacher.image_size == 40
     x = torch.randn(2, 3, 64, 64)
     resized = torch.nn.functional.interpolate(x, size=(40, 40), mode="bilinear", antialias=True)
@@ -137,9 +142,9 @@ def test_model_teacher_resizes_to_its_input_size(tmp_path, embedder):
 
 def test_teacher_config_errors_say_what_is_missing():
     with pytest.raises(ValueError, match="teacher.file"):
-        build_teacher(TeacherConfig(kind="embeddings"))
+        build_teacher(TeacherConfig(kind="outputs"), load_teacher_embedder)
     with pytest.raises(ValueError, match="teacher.checkpoint"):
-        build_teacher(TeacherConfig(kind="model"))
+        build_teacher(TeacherConfig(kind="model"), load_teacher_embedder)
 
 
 def test_eval_set_scores_perfect_and_constant_embeddings():

@@ -4,6 +4,8 @@ checkpoints restore the embedder with `weights_only=True`, and the YAML recipe r
 from __future__ import annotations
 
 import copy
+import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +13,16 @@ import pytorch_lightning as pl
 import torch
 from torch.optim.swa_utils import update_bn
 
+from tasks.cli import TASKS
 from tasks.common.checkpoint import RunCheckpoint
-from tasks.common.lightning_cli import TaskSpec, run_task_cli
-from tasks.face_embedding.data import PKSampler
-from tasks.face_embedding.datamodule import FaceDataModule, KeyedSyntheticFaces
-from tasks.face_embedding.inference import embed_dataset
-from tasks.face_embedding.lfw import first_image_gallery, identification_topk
+from tasks.common.lightning_cli import RUN_VERSION_ENV, run_task_cli
+from tasks.face_embedding.data import FaceDataModule, KeyedSyntheticFaces
+from tasks.face_embedding.inference import embed_dataset, export_embeddings
+from tasks.face_embedding.metrics import first_image_gallery, identification_topk
 from tasks.face_embedding.model import EMBEDDER_PREFIX, load_embedder
 from tasks.face_embedding.module import FaceEmbeddingModule
-from tasks.face_embedding.teacher import export_embeddings
+from tasks.face_embedding.sampler import PKSampler
+from tasks.face_embedding.synthetic import SyntheticFaces, write_identity_folders
 
 SMALL_DATA = dict(
     synthetic=dict(
@@ -75,7 +78,7 @@ def trained(tmp_path_factory):
             "p": 10,
         },
         batches_per_epoch=10,
-        augment=False,
+        augment=[],
     )
     module = FaceEmbeddingModule(backbone=FAST_BN, embedding_dim=32, optim=ADAM)
     run = trainer(tmp, 40)
@@ -117,7 +120,7 @@ def test_triplet_training_identifies_people_it_never_saw(tmp_path):
         synthetic=dict(train_identities=200, images_per_identity=10, eval_identities=30,
                        eval_images_per_identity=4),
         image_size=32, p=16, k=4, batches_per_epoch=50, similar_identities=4, pairs_per_fold=10,
-        augment=False,
+        augment=[],
     )
     module = FaceEmbeddingModule(backbone=FAST_BN, embedding_dim=64, optim={**ADAM, "schedule": "cosine"})
     run = trainer(tmp_path, 300)
@@ -133,7 +136,7 @@ def test_checkpoints_hold_batchnorm_statistics_of_random_training_photos(tmp_pat
     training must re-estimate them again before `last.ckpt` is written. (No dropout: it would make the
     embedding BN's estimate random.)"""
     pl.seed_everything(5)
-    data = FaceDataModule(**SMALL_DATA, batches_per_epoch=4, similar_identities=4, augment=False)
+    data = FaceDataModule(**SMALL_DATA, batches_per_epoch=4, similar_identities=4, augment=[])
     module = FaceEmbeddingModule(
         backbone={**FAST_BN, "dropout": 0.0}, embedding_dim=32, optim=ADAM, precise_bn_batches=3
     )
@@ -188,13 +191,13 @@ def test_distillation_from_an_embedding_file(trained, tmp_path):
     faces = KeyedSyntheticFaces(24, 6, size=32)  # SMALL_DATA's training set
     export_embeddings(teacher_module.embedder, faces, tmp_path / "teacher.npz")
     pl.seed_everything(2)
-    data = FaceDataModule(**SMALL_DATA, batches_per_epoch=10, augment=False)
+    data = FaceDataModule(**SMALL_DATA, batches_per_epoch=10, augment=[])
     student = FaceEmbeddingModule(
         backbone=FAST_BN,
         embedding_dim=32,
         optim=ADAM,
         mode="distill",
-        teacher=dict(kind="embeddings", file=str(tmp_path / "teacher.npz")),
+        teacher=dict(kind="outputs", file=str(tmp_path / "teacher.npz")),
     )
     fit = trainer(tmp_path, 80)
     record = RecordLosses()
@@ -211,14 +214,8 @@ def test_distill_mode_needs_a_teacher():
 
 def test_synthetic_recipe_runs_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = TaskSpec(
-        name="face-embedding",
-        module="tasks.face_embedding.module:FaceEmbeddingModule",
-        datamodule="tasks.face_embedding.datamodule:FaceDataModule",
-        monitor="val/lfw_accuracy",
-    )
     cli = run_task_cli(
-        spec,
+        TASKS["face-embedding"],
         [
             "fit",
             "--trainer.max_steps=2",
@@ -240,12 +237,34 @@ def test_synthetic_recipe_runs_through_the_cli(tmp_path, monkeypatch):
     )
     assert cli.trainer.global_step == 2
     assert "val/lfw_accuracy" in cli.trainer.callback_metrics
-    assert list((tmp_path / "runs" / "face-embedding").glob("*/checkpoints/last.ckpt"))
+    (last,) = (tmp_path / "runs" / "face-embedding").glob("*/checkpoints/last.ckpt")
+
+    # predict on a folder of photos, one of them corrupt: predictions.csv and embeddings.npz
+    faces = SyntheticFaces(3, 2, size=32, identity_offset=500)
+    write_identity_folders(faces, tmp_path / "photos")
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
+    monkeypatch.delenv(RUN_VERSION_ENV)
+    predict = run_task_cli(
+        TASKS["face-embedding"],
+        ["predict", "--ckpt_path", str(last), "--data.predict_root", str(tmp_path / "photos"),
+         "--data.image_size=32", "--trainer.enable_progress_bar=false"],
+    )
+    run_dir = Path(predict.trainer.log_dir)
+    with open(run_dir / "predictions.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][:2] == ["image", "e0"] and len(rows[0]) == 1 + 128
+    keys = [row[0] for row in rows[1:]]
+    assert keys == sorted(f"{n}/{n}_{i:04d}.jpg" for n in faces.identities for i in (1, 2))  # broken skipped
+    with np.load(run_dir / "embeddings.npz", allow_pickle=False) as saved:
+        assert list(saved["paths"]) == keys
+        from_csv = np.array([row[1:] for row in rows[1:]], dtype=float)
+        np.testing.assert_allclose(saved["outputs"], from_csv, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(saved["outputs"], axis=1), 1.0, atol=1e-4)
 
 
 def test_identity_head_trains_beside_triplets_and_stays_out_of_the_embedder(tmp_path):
     pl.seed_everything(3)
-    data = FaceDataModule(**SMALL_DATA, batches_per_epoch=5, augment=False)
+    data = FaceDataModule(**SMALL_DATA, batches_per_epoch=5, augment=[])
     module = FaceEmbeddingModule(
         backbone=FAST_BN, embedding_dim=32, optim=ADAM, softmax_weight=0.5, num_identities=24
     )
@@ -277,7 +296,7 @@ def test_look_alike_batches_get_the_models_identity_centroids_each_epoch(tmp_pat
 
     monkeypatch.setattr(PKSampler, "set_identity_centroids", record)
     pl.seed_everything(4)
-    data = FaceDataModule(**SMALL_DATA, batches_per_epoch=3, similar_identities=4, augment=False)
+    data = FaceDataModule(**SMALL_DATA, batches_per_epoch=3, similar_identities=4, augment=[])
     module = FaceEmbeddingModule(backbone=FAST_BN, embedding_dim=32, optim=ADAM)
     run = trainer(tmp_path, 9)
     run.fit(module, data)

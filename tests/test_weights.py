@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,7 +213,8 @@ def test_non_strict_load_keeps_missing_layers(tmp_path):
 
 
 def test_tf_slim_export_script_keeps_model_variables_only():
-    spec = importlib.util.spec_from_file_location("export_tf_slim_npz", "scripts/export_tf_slim_npz.py")
+    script_path = Path(__file__).resolve().parents[1] / "scripts" / "export_tf_slim_npz.py"
+    spec = importlib.util.spec_from_file_location("export_tf_slim_npz", str(script_path))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     names = [

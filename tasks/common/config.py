@@ -48,6 +48,9 @@ class OptimConfig:
     rmsprop_alpha: float = 0.9
     eps: float = 1.0  # TF's RMSProp epsilon (applied outside the square root in TF, see optim.py)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
+    # What the cosine schedule spans: the run's optimiser steps (from max_epochs / max_steps), or its
+    # `trainer.max_time`, so a recipe pointed at a data set of any size anneals just as time runs out.
+    schedule_by: Literal["steps", "time"] = "steps"
     warmup_epochs: float = 0.0
     step_epochs: float = 2.5  # TF-slim: x0.94 every 2.5 epochs
     step_gamma: float = 0.94

@@ -8,8 +8,10 @@ never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,9 @@ from PIL import Image, UnidentifiedImageError
 from backbone.fileio import atomic_write
 
 log = logging.getLogger(__name__)
+
+# What every task's folder readers treat as an image (matched case-insensitively on the suffix).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class ImageReadError(ValueError):
@@ -70,3 +75,38 @@ def read_first_readable(paths_at, start: int, count: int, skipped: SkipCounter):
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display here); imported only by plotting code,
+    since matplotlib is slow to import."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 100, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure as PNG atomically, then close it (figures are only ever written once)."""
+    plt = pyplot()
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **savefig_kwargs)
+    plt.close(fig)
+    return path
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """A CSV written atomically: the one way every task writes `predictions.csv` and tables."""
+    path = Path(path)
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -50,8 +51,19 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     raise ValueError(f"unknown optimiser {cfg.name!r}: use rmsprop, sgd or adamw")
 
 
-def lr_factor(step: int, *, cfg: OptimConfig, total_steps: int, steps_per_epoch: float) -> float:
-    """Multiplier of the base learning rate at optimiser step `step` (linear warm-up, then the schedule)."""
+def lr_factor(
+    step: int,
+    *,
+    cfg: OptimConfig,
+    total_steps: int,
+    steps_per_epoch: float,
+    time_progress: Callable[[], float] | None = None,
+) -> float:
+    """Multiplier of the base learning rate at optimiser step `step` (linear warm-up, then the schedule).
+
+    With `time_progress` (the share of the time budget used, 0..1) the cosine follows the clock after
+    warm-up instead of the step count.
+    """
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return (step + 1) / warmup
@@ -59,14 +71,22 @@ def lr_factor(step: int, *, cfg: OptimConfig, total_steps: int, steps_per_epoch:
         return 1.0
     if cfg.schedule == "step":
         return cfg.step_gamma ** math.floor((step - warmup) / max(cfg.step_epochs * steps_per_epoch, 1))
-    progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+    if time_progress is not None:
+        progress = min(max(time_progress(), 0.0), 1.0)
+    else:
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, *, total_steps: int, steps_per_epoch: float
+    optimizer: torch.optim.Optimizer,
+    cfg: OptimConfig,
+    *,
+    total_steps: int,
+    steps_per_epoch: float,
+    time_progress: Callable[[], float] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_factor(step, cfg=cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch),
+    options = dict(
+        cfg=cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch, time_progress=time_progress
     )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, **options))

@@ -6,6 +6,9 @@ that way, so weights move between tasks (and from TF-slim) without re-tuning.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from importlib import import_module
+
 import albumentations as A
 import numpy as np
 import torch
@@ -55,3 +58,39 @@ def classification_eval(size: int) -> A.Compose:
             A.CenterCrop(height=size, width=size),
         ]
     )
+
+
+def build_augmentation(
+    spec: Sequence[dict] | None,
+    default: Callable[[], A.Compose],
+    *,
+    seed: int | None = None,
+    then: Sequence[A.BasicTransform] = (),
+    **compose_options,
+) -> A.Compose:
+    """The training pipeline a recipe declares (`data.augment`), or the task's `default` if it declares none.
+
+    `spec` lists transforms as `{name: HorizontalFlip, p: 0.5}`: `name` is an albumentations class, or
+    `package.module.Class` for one of the user's own, and the other keys are its arguments. `[]` turns
+    augmentation off. `then` runs after the declared transforms (e.g. the resize to the model's input
+    size, so a user's list need not know it); `compose_options` are `A.Compose`'s (box parameters).
+    """
+    if spec is None:
+        return default()
+    transforms = [_transform(dict(entry), number) for number, entry in enumerate(spec)]
+    return A.Compose([*transforms, *then], seed=seed, **compose_options)
+
+
+def _transform(entry: dict, number: int) -> A.BasicTransform:
+    name = entry.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError(f"augment[{number}]: a transform needs a `name` (albumentations class), got {name}")
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        cls = getattr(import_module(module_name) if module_name else A, class_name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"augment[{number}]: unknown transform {name!r}") from None
+    try:
+        return cls(**entry)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"augment[{number}] ({name}): {err}") from err

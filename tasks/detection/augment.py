@@ -10,11 +10,14 @@ Boxes that end up mostly outside a crop are dropped by `min_visibility`; the res
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import albumentations as A
 import numpy as np
 from albumentations.augmentations.crops.transforms import BaseCrop
+
+from tasks.common.transforms import build_augmentation
 
 SSD_MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9)  # None: keep the whole image
 MIN_VISIBILITY = 0.3
@@ -91,8 +94,25 @@ def _bbox_params() -> A.BboxParams:
     )
 
 
-def detection_train(size: int, *, seed: int | None = None, random_crop: bool = True) -> A.Compose:
-    """SSD training augmentation ending in a `size` x `size` image; call with image, bboxes, labels.
+def detection_train(
+    size: int, *, seed: int | None = None, random_crop: bool = True, augment: list[dict] | None = None
+) -> A.Compose:
+    """Training augmentation ending in a `size` x `size` image; call with image, bboxes, labels.
+
+    `augment` (a recipe's `data.augment`) replaces SSD's default pipeline, `ssd_train`; the boxes
+    follow every transform, and the image is resized to `size` after them.
+    """
+    return build_augmentation(
+        augment,
+        partial(ssd_train, size, seed=seed, random_crop=random_crop),
+        seed=seed,
+        then=[A.Resize(height=size, width=size)],
+        bbox_params=_bbox_params(),
+    )
+
+
+def ssd_train(size: int, *, seed: int | None = None, random_crop: bool = True) -> A.Compose:
+    """SSD's photometric distortion, IoU crop and flip (TF's ssd_mobilenet_v1_coco).
 
     `random_crop=False` drops the IoU crop: on a set whose train and val images share one framing
     (synth-shapes) zooming in only teaches scales that never occur, and short runs converge faster.

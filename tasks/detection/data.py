@@ -14,7 +14,7 @@ Data hygiene, decided once here so that no training run dies on one bad record:
 - in training, images left without any box are dropped (a random crop needs a box to aim at);
   for evaluation every image is kept, so recall is measured on the full set;
 - an image file that cannot be decoded is skipped (the next readable one is served) and counted in
-  `skipped`. In evaluation that repeats the neighbour's image id: `coco_eval.DetectionResults` keeps
+  `skipped`. In evaluation that repeats the neighbour's image id: `metrics.DetectionResults` keeps
   one prediction set per id, so the unread image simply counts as missed.
 """
 
@@ -27,15 +27,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as L
 import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.common.data import DEFAULT_NUM_WORKERS, TaskDataModule
 from tasks.common.io import SkipCounter, read_first_readable
-from tasks.common.transforms import seed_worker_augmentation, to_model_input
+from tasks.common.transforms import to_model_input
 from tasks.detection.augment import detection_eval, detection_train
-from tasks.detection.synth import MARKER_FILE, synth_marker_matches, write_synth_shapes
+from tasks.detection.synthetic import MARKER_FILE, synth_marker_matches, write_synth_shapes
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def detection_collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torc
     return list(images), list(targets)
 
 
-class CocoDataModule(L.LightningDataModule):
+class CocoDataModule(TaskDataModule):
     """COCO-format train/val folders, or synth-shapes generated on first use.
 
     With `root`, images are read from `root/<split>` and annotations from
@@ -204,13 +204,14 @@ class CocoDataModule(L.LightningDataModule):
         val_split: str = "val",
         image_size: int = 300,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: int = DEFAULT_NUM_WORKERS,
         synthetic_images: int = 0,
         synthetic_image_size: int = 320,
         random_crop: bool = True,
+        augment: list[dict] | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
         if synthetic_images > 0 and (root is None or train_split != "train" or val_split != "val"):
             raise ValueError("synthetic_images needs `root` and the default splits (train, val)")
@@ -222,12 +223,10 @@ class CocoDataModule(L.LightningDataModule):
         self.val_images = self._path(val_images, base, val_split)
         self.val_annotations = self._path(val_annotations, base, f"annotations/instances_{val_split}.json")
         self.image_size = image_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.synthetic_images = synthetic_images
         self.synthetic_image_size = (synthetic_image_size, synthetic_image_size)
         self.random_crop = random_crop
-        self.seed = seed
+        self.augment = augment
         self.root = base
         self.train_set: CocoDetection | None = None
         self.val_set: CocoDetection | None = None
@@ -242,7 +241,7 @@ class CocoDataModule(L.LightningDataModule):
 
     @property
     def val_annotation_file(self) -> Path:
-        """The ground truth that `coco_eval.evaluate_coco` scores validation predictions against."""
+        """The ground truth that `metrics.evaluate_coco` scores validation predictions against."""
         return self.val_annotations
 
     def prepare_data(self) -> None:
@@ -284,7 +283,9 @@ class CocoDataModule(L.LightningDataModule):
             self.train_set = CocoDetection(
                 self.train_images,
                 self.train_annotations,
-                transform=detection_train(self.image_size, seed=self.seed, random_crop=self.random_crop),
+                transform=detection_train(
+                    self.image_size, seed=self.seed, random_crop=self.random_crop, augment=self.augment
+                ),
                 train=True,
             )
             if self.train_set.label_to_cat_id != self.val_set.label_to_cat_id:
@@ -292,23 +293,11 @@ class CocoDataModule(L.LightningDataModule):
                     f"{self.train_annotations} and {self.val_annotations} list different categories"
                 )
 
-    def _loader(self, dataset: CocoDetection, *, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) >= self.batch_size,  # a batch of 1 breaks BN on 1x1 maps
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker_augmentation,
-            collate_fn=detection_collate,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self.loader(self.train_set, train=True, collate_fn=detection_collate)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._validation_set(), shuffle=False)
+        return self.loader(self._validation_set(), collate_fn=detection_collate)
 
     # COCO's test-dev has no public ground truth: `test` and `predict` run on the evaluation split,
     # which `val_images`/`val_annotations` (or `val_split`) point at.

@@ -10,10 +10,8 @@ split and agree across ranks; only rank 0 writes files.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,46 +19,14 @@ import torch
 import torch.distributed as dist
 
 from backbone import MobileNetV1
-from tasks.common.config import as_dataclass
-from tasks.common.io import write_text_atomic
+from tasks.common.io import write_csv, write_text_atomic
 from tasks.common.module import TaskModule
 from tasks.common.transforms import from_model_input
-from tasks.detection.coco_eval import STAT_NAMES, DetectionResults, evaluate_coco, write_results_json
-from tasks.detection.faster_rcnn import TF_ANCHOR_SIZES, faster_rcnn_mobilenet
+from tasks.detection.metrics import STAT_NAMES, DetectionResults, evaluate_coco, write_results_json
+from tasks.detection.model import Architecture, FasterRCNNOptions, SSDOptions, build_detector
 from tasks.detection.plots import draw_detections, plot_pr_curves, write_ap_tables
-from tasks.detection.ssd import EXTRA_MIN_DEPTH, ssd_mobilenet
 
-
-@dataclass
-class SSDOptions:
-    """Knobs of `ssd.ssd_mobilenet` beyond size and classes; defaults are TF's ssd_mobilenet_v1_coco."""
-
-    min_scale: float = 0.2
-    max_scale: float = 0.95
-    extra_min_depth: int = EXTRA_MIN_DEPTH
-    score_thresh: float = 0.01
-    nms_thresh: float = 0.6
-    detections_per_img: int = 100
-    topk_candidates: int = 200
-    iou_thresh: float = 0.5
-
-
-@dataclass
-class FasterRCNNOptions:
-    """Knobs of `faster_rcnn.faster_rcnn_mobilenet`; the shorter image side is the module's `image_size`."""
-
-    max_size: int = 1024
-    anchor_sizes: tuple[int, ...] = TF_ANCHOR_SIZES
-    crop_size: int = 14
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 300
-    rpn_batch_size_per_image: int = 256
-    box_batch_size_per_image: int = 64
-    box_score_thresh: float = 0.01
-    box_nms_thresh: float = 0.6
-    box_detections_per_img: int = 100
+PREDICTION_COLUMNS = ("image_id", "category", "score", "x", "y", "width", "height")  # COCO xywh pixels
 
 
 class DetectionModule(TaskModule):
@@ -73,7 +39,7 @@ class DetectionModule(TaskModule):
     def __init__(
         self,
         *,
-        architecture: Literal["ssd", "frcnn"] = "ssd",
+        architecture: Architecture = "ssd",
         num_classes: int = 5,
         image_size: int = 300,
         ssd: SSDOptions | None = None,
@@ -95,22 +61,19 @@ class DetectionModule(TaskModule):
         self.eval_backend = eval_backend
         self.draw_predictions = draw_predictions
         self.draw_score_threshold = draw_score_threshold
-        body = self.backbone_config.build(num_classes=0)
-        if architecture == "ssd":
-            options = dataclasses.asdict(as_dataclass(SSDOptions, ssd))
-            self.detector = ssd_mobilenet(
-                body=body, num_classes=num_classes, image_size=image_size, **options
-            )
-        elif architecture == "frcnn":
-            options = dataclasses.asdict(as_dataclass(FasterRCNNOptions, frcnn))
-            self.detector = faster_rcnn_mobilenet(
-                body=body, num_classes=num_classes, min_size=image_size, **options
-            )
-        else:
-            raise ValueError(f"architecture must be 'ssd' or 'frcnn', got {architecture!r}")
+        self.detector = build_detector(
+            architecture=architecture,
+            body=self.backbone_config.build(num_classes=0),
+            num_classes=num_classes,
+            image_size=image_size,
+            ssd=ssd,
+            frcnn=frcnn,
+        )
         self._results: DetectionResults | None = None
         self._fit_started: float | None = None
         self._drawn = 0
+
+    backbone_prefix = "detector.backbone.body."
 
     @property
     def backbone(self) -> MobileNetV1:
@@ -240,4 +203,15 @@ class DetectionModule(TaskModule):
     def on_predict_epoch_end(self) -> None:
         results = self._gathered_results()
         if self.trainer.is_global_zero:
-            write_results_json(self.run_dir / "predictions.json", results)
+            write_results_json(self.run_dir / "predictions.json", results)  # COCO results format
+            rows = self._prediction_rows(results)
+            path = write_csv(self.run_dir / "predictions.csv", PREDICTION_COLUMNS, rows)
+            print(f"wrote {len(results)} detections to {path} and predictions.json")
+
+    def _prediction_rows(self, results: list[dict]) -> list[list]:
+        data = self.trainer.datamodule
+        name_of = {cat_id: data.class_names[label] for label, cat_id in data.label_to_cat_id.items()}
+        return [
+            [r["image_id"], name_of[r["category_id"]], f"{r['score']:.5f}", *(f"{v:.2f}" for v in r["bbox"])]
+            for r in results
+        ]

@@ -1,6 +1,6 @@
 """Pictures and tables of a COCO evaluation: PR curves, per-category AP, boxes drawn on images.
 
-Everything reads the dict that `coco_eval.evaluate_coco` returns, so a plot always shows the same
+Everything reads the dict that `metrics.evaluate_coco` returns, so a plot always shows the same
 numbers as the table beside it.
 """
 
@@ -13,14 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from tasks.common.io import atomic_write, pyplot, save_figure, write_text_atomic
 
-from tasks.common.io import atomic_write, write_text_atomic  # noqa: E402
+plt = pyplot()
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCOeval's recall thresholds
 AREA_ALL, MAX_DETS_100 = 0, -1
@@ -53,10 +51,7 @@ def _draw_curves(ax, precision: np.ndarray, category: int | None, title: str) ->
 
 
 def _save(fig, path: Path) -> Path:
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_pr_curves(evaluation: Mapping[str, Any], out_dir: str | Path) -> list[Path]:

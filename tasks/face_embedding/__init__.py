@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from tasks.face_embedding.index import EmbeddingIndex
 from tasks.face_embedding.model import FaceEmbedder, LoadedEmbedder, build_embedder, load_embedder
-from tasks.face_embedding.teacher import TeacherConfig, build_teacher, export_embeddings
 
 __all__ = [
     "EmbeddingIndex",
     "FaceEmbedder",
     "LoadedEmbedder",
-    "TeacherConfig",
     "build_embedder",
-    "build_teacher",
-    "export_embeddings",
     "load_embedder",
 ]

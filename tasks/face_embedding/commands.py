@@ -20,13 +20,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tasks.common.io import ImageReadError, read_image, write_text_atomic
-from tasks.face_embedding.data import IdentityFolder, face_eval_transform
-from tasks.face_embedding.datamodule import ImageList, KeyedSyntheticFaces
+from tasks.face_embedding.data import IdentityFolder, ImageList, KeyedSyntheticFaces, face_eval_transform
 from tasks.face_embedding.index import KINDS, EmbeddingIndex, IndexFormatError
-from tasks.face_embedding.inference import NotAFaceImageError, embed_dataset, embed_images, read_face_image
+from tasks.face_embedding.inference import (
+    NotAFaceImageError,
+    embed_dataset,
+    embed_images,
+    export_embeddings,
+    read_face_image,
+)
 from tasks.face_embedding.model import load_embedder
 from tasks.face_embedding.plots import save_match_grid
-from tasks.face_embedding.teacher import export_embeddings
 
 EMBEDDER_FILE = "embedder.json"
 
@@ -49,8 +53,11 @@ class IndexInfo:
             )
         return cls(**json.loads(path.read_text()))
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
     def save(self, index_dir: Path) -> None:
-        write_text_atomic(index_dir / EMBEDDER_FILE, json.dumps(asdict(self), indent=1) + "\n")
+        write_text_atomic(index_dir / EMBEDDER_FILE, self.to_json())
 
     def label(self, name: str) -> int:
         if name not in self.identities:
@@ -177,7 +184,7 @@ def main_export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mobilenets face-embedding export-embeddings",
         description="Write a teacher file (.npz of paths and embeddings) for "
-        "`teacher: {kind: embeddings, file: ...}`.",
+        "`teacher: {kind: outputs, file: ...}`.",
     )
     parser.add_argument("--weights", required=True, help="the teacher's face-embedding checkpoint")
     parser.add_argument("--out", required=True, help=".npz to write")
@@ -208,9 +215,3 @@ def main_export(argv: list[str]) -> int:
     rows = export_embeddings(loaded.model, dataset, args.out, batch_size=args.batch_size)
     print(f"wrote {rows} teacher embeddings ({loaded.model.embedding_dim}-D) to {args.out}")
     return 0
-
-
-def main_demo(argv: list[str]) -> int:
-    from tasks.face_embedding.demo import main_demo as demo
-
-    return demo(argv)

@@ -15,17 +15,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
-import yaml
 
 from tasks.common.io import atomic_write, read_image, write_text_atomic
-from tasks.common.lightning_cli import CONFIG_ROOT
+from tasks.common.lightning_cli import CONFIG_ROOT, run_task_cli
 from tasks.face_embedding.commands import IndexInfo, build_index
-from tasks.face_embedding.datamodule import TEST_IDENTITY_OFFSET, FaceDataModule, synthetic_eval_set
+from tasks.face_embedding.data import TEST_IDENTITY_OFFSET, synthetic_eval_set
 from tasks.face_embedding.index import EmbeddingIndex
 from tasks.face_embedding.inference import embed_dataset
 from tasks.face_embedding.model import load_embedder
-from tasks.face_embedding.module import FaceEmbeddingModule
 from tasks.face_embedding.plots import save_match_grid
 from tasks.face_embedding.synthetic import SyntheticFaces, raw_pixel_nn_top1, write_identity_folders
 
@@ -34,33 +31,21 @@ GRID_QUERIES = 8
 
 
 def train(config: Path, out: Path, *, minutes: float, max_steps: int | None = None) -> Path:
-    """Fit the recipe in `config` (trainer limits capped by `minutes`); returns the checkpoint path.
+    """`mobilenets face-embedding fit --config config`, capped at `minutes`; returns an inference checkpoint.
 
-    `max_steps` replaces the recipe's, so a shorter demo still finishes its learning-rate schedule.
+    It runs through the same CLI code as `fit` (run directory, loggers, callbacks, every trainer setting
+    of the recipe). `max_steps` replaces the recipe's, so a shorter demo still finishes its schedule.
     """
-    recipe = yaml.safe_load(config.read_text())
-    pl.seed_everything(recipe.get("seed_everything", 0))  # the same initial weights as `fit` with this recipe
-    data_args = recipe.get("data", {})
-    module = FaceEmbeddingModule(**recipe.get("model", {}))
-    data = FaceDataModule(**data_args)
-    trainer_args = {
-        k: v
-        for k, v in recipe.get("trainer", {}).items()
-        if k in ("max_steps", "max_epochs", "check_val_every_n_epoch")
-    }
+    from tasks.cli import TASKS  # the task registry; imported here, since it names every task
+
+    seconds = int(minutes * 60)
+    max_time = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
+    args = ["fit", "--config", str(config), f"--trainer.max_time={max_time}"]
     if max_steps is not None:
-        trainer_args["max_steps"] = max_steps
-    trainer = pl.Trainer(
-        **trainer_args,
-        max_time={"seconds": minutes * 60},
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=out,
-        num_sanity_val_steps=0,
-    )
+        args.append(f"--trainer.max_steps={max_steps}")
     started = time.perf_counter()
-    trainer.fit(module, data)
-    print(f"trained {trainer.global_step} steps in {time.perf_counter() - started:.0f} s")
+    trainer = run_task_cli(TASKS["face-embedding"], args).trainer
+    print(f"trained {trainer.global_step} steps in {time.perf_counter() - started:.0f} s ({trainer.log_dir})")
     checkpoint = out / "face_embedder.ckpt"
     with atomic_write(checkpoint) as tmp:
         trainer.save_checkpoint(tmp, weights_only=True)  # for inference: no optimiser state

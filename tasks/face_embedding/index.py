@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import faiss
@@ -114,16 +114,22 @@ class EmbeddingIndex:
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray, list[list[str | None]] | None]:
         """Top-k by cosine: (scores (Q, k), labels (Q, k), paths or None); a missing hit has label -1."""
-        if len(self) == 0:
-            raise ValueError("search on an empty index")
-        scores, ids = self.index.search(_normalised(queries, self.dim), k)
+        scores, ids = self.search_records(queries, k)
         labels = np.where(ids >= 0, self.labels[np.maximum(ids, 0)], -1)
         paths = None
         if self.paths is not None:
             paths = [[self.paths[i] if i >= 0 else None for i in row] for row in ids]
         return scores, labels, paths
 
-    def save(self, path: str | os.PathLike) -> None:
+    def search_records(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by cosine: (scores (Q, k), record numbers (Q, k)) into `labels` and `paths`; -1 is no hit."""
+        if len(self) == 0:
+            raise ValueError("search on an empty index")
+        return self.index.search(_normalised(queries, self.dim), k)
+
+    def save(self, path: str | os.PathLike, *, extra_files: Mapping[str, str] | None = None) -> None:
+        """Write the index; `extra_files` (name -> text) are written into the new directory before it is
+        swapped in, so files that describe the index (embedder.json) change in the same rename."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise FileExistsError(f"{path}: exists and is not an index directory")
@@ -135,6 +141,8 @@ class EmbeddingIndex:
             meta = {"format_version": FORMAT_VERSION, "kind": self.kind, "dim": self.dim, "count": len(self),
                     "params": self.params, "paths": self.paths}
             (tmp / "meta.json").write_text(json.dumps(meta))
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
             if path.exists():  # swap: the old directory moves aside only once the new one is complete
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
                 os.replace(path, old / "index")

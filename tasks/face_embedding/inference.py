@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from backbone.mobilenet import MIN_INPUT_SIZE
 from tasks.common.io import read_image
+from tasks.common.teacher import write_outputs_file
 from tasks.common.transforms import to_model_input
-from tasks.face_embedding.data import face_eval_transform
-from tasks.face_embedding.datamodule import collate_readable
+from tasks.face_embedding.data import collate_readable, face_eval_transform
 from tasks.face_embedding.model import FaceEmbedder
 
 MIN_FACE_SIDE = MIN_INPUT_SIZE
@@ -98,3 +98,18 @@ def embed_images(model: FaceEmbedder, images: list[np.ndarray], *, image_size: i
     resize = face_eval_transform(image_size)
     batch = torch.stack([to_model_input(resize(image=image)["image"]) for image in images])
     return model(batch.to(next(model.parameters()).device)).float().cpu().numpy()
+
+
+def export_embeddings(
+    model: FaceEmbedder,
+    dataset: Dataset,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 128,
+    num_workers: int = 0,
+) -> int:
+    """Write the teacher file for `dataset` (items `(image, label, key)`); returns the number of rows."""
+    embedded = embed_dataset(
+        model, dataset, batch_size=batch_size, num_workers=num_workers, desc="exporting teacher embeddings"
+    )
+    return write_outputs_file(out, embedded.keys, embedded.embeddings)

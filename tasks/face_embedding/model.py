@@ -17,6 +17,7 @@ from torch import nn
 
 from backbone import MobileNetV1
 from tasks.common.config import BackboneConfig, as_dataclass
+from tasks.common.teacher import LoadedTeacherModel, TeacherConfig
 
 EMBEDDER_PREFIX = "embedder."  # where FaceEmbeddingModule keeps the embedder in its state dict
 DEFAULT_IMAGE_SIZE = 64  # what checkpoints that do not record their input size were trained at
@@ -121,3 +122,14 @@ def load_embedder(
     # NHWC weights pick the fast depthwise kernels on CPU, as in training (TaskModule.setup).
     model = model.to(memory_format=torch.channels_last).eval()
     return LoadedEmbedder(model=model, image_size=int(image_size or DEFAULT_IMAGE_SIZE))
+
+
+def load_teacher_embedder(config: TeacherConfig) -> LoadedTeacherModel:
+    """`TeacherConfig` -> the embedder it names: how `build_teacher` loads a face-embedding teacher."""
+    loaded = load_embedder(
+        config.checkpoint,
+        backbone=config.backbone,
+        embedding_dim=config.output_dim,
+        image_size=config.image_size,
+    )
+    return LoadedTeacherModel(loaded.model, loaded.image_size, loaded.model.embedding_dim)

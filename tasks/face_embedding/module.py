@@ -26,15 +26,16 @@ from torch import nn
 
 from tasks.common.batchnorm import PreciseBatchNorm
 from tasks.common.config import as_dataclass
+from tasks.common.io import write_csv
 from tasks.common.module import TaskModule
-from tasks.face_embedding.evaluation import EvalSet
+from tasks.common.teacher import Teacher, TeacherConfig, build_teacher, write_outputs_file
 from tasks.face_embedding.losses import (
     CosineMarginClassifier,
     batch_semi_hard_triplet_loss,
     embedding_distillation_loss,
 )
-from tasks.face_embedding.model import build_embedder
-from tasks.face_embedding.teacher import EmbeddingFileTeacher, Teacher, TeacherConfig, build_teacher
+from tasks.face_embedding.metrics import EvalSet
+from tasks.face_embedding.model import EMBEDDER_PREFIX, build_embedder, load_teacher_embedder
 
 PROGRESS_METRICS = ("lfw_accuracy", "top1")
 
@@ -59,7 +60,7 @@ class FaceEmbeddingModule(TaskModule):
             raise ValueError(f"mode must be 'triplet' or 'distill', got {mode!r}")
         if mode == "distill" and teacher is None:
             raise ValueError(
-                "mode 'distill' needs a teacher (kind: model with a checkpoint, or kind: embeddings)"
+                "mode 'distill' needs a teacher (kind: model with a checkpoint, or kind: outputs with a file)"
             )
         if softmax_weight > 0 and (mode != "triplet" or not num_identities):
             raise ValueError(
@@ -82,7 +83,10 @@ class FaceEmbeddingModule(TaskModule):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """Precise BatchNorm statistics for validation and checkpoints (see `tasks.common.batchnorm`)."""
-        return [PreciseBatchNorm(self.hparams.precise_bn_batches)] if self.hparams.precise_bn_batches else []
+        batches = self.hparams.precise_bn_batches
+        return super().configure_callbacks() + ([PreciseBatchNorm(batches)] if batches else [])
+
+    backbone_prefix = EMBEDDER_PREFIX + "backbone."
 
     @property
     def backbone(self) -> nn.Module:  # TaskModule freezes and unfreezes this
@@ -103,10 +107,10 @@ class FaceEmbeddingModule(TaskModule):
                     f"{found} identities; set them equal"
                 )
         if self.mode == "distill" and self.teacher is None and stage in ("fit", "validate"):
-            self.teacher = build_teacher(self.teacher_config)
-            if self.teacher.embedding_dim != self.hparams.embedding_dim:
+            self.teacher = build_teacher(self.teacher_config, load_teacher_embedder)
+            if self.teacher.output_dim != self.hparams.embedding_dim:
                 raise ValueError(
-                    f"teacher embeds in {self.teacher.embedding_dim} dimensions, the student in "
+                    f"teacher embeds in {self.teacher.output_dim} dimensions, the student in "
                     f"{self.hparams.embedding_dim}; set model.embedding_dim to match"
                 )
 
@@ -156,16 +160,12 @@ class FaceEmbeddingModule(TaskModule):
         images, _, keys = batch
         embeddings = self(images)
         self._eval_embeddings.append(embeddings.float().cpu())
-        if self.teacher is not None and self._teacher_knows(keys):
+        if self.teacher is not None and self.teacher.knows(keys):
             errors = (embeddings - self.teacher(images, keys)).pow(2).sum(dim=1)
             self._eval_teacher_mse.append(errors.float().cpu())
 
     def test_step(self, batch, batch_idx):
         self._eval_embeddings.append(self(batch[0]).float().cpu())
-
-    def _teacher_knows(self, keys) -> bool:
-        """A file teacher may hold only training images; the distillation error is then not measured."""
-        return not isinstance(self.teacher, EmbeddingFileTeacher) or all(k in self.teacher.row for k in keys)
 
     def _collect(self, eval_set: EvalSet) -> np.ndarray | None:
         embeddings = torch.cat(self._eval_embeddings).numpy() if self._eval_embeddings else np.zeros((0, 1))
@@ -190,6 +190,28 @@ class FaceEmbeddingModule(TaskModule):
             metrics["distill_mse"] = float(mse.mean())
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=name in PROGRESS_METRICS)
+
+    def on_predict_epoch_start(self) -> None:
+        self._predicted: list[tuple[list[str], torch.Tensor]] = []
+
+    def predict_step(self, batch, batch_idx):
+        if batch is not None:  # every file of the batch was unreadable
+            images, _, keys = batch
+            self._predicted.append((list(keys), self(images).float().cpu()))
+
+    def on_predict_epoch_end(self) -> None:
+        """`predictions.csv` (image, then one column per embedding dimension) and `embeddings.npz`
+        (`paths`, `outputs`: also a distillation teacher file)."""
+        keys = [key for batch_keys, _ in self._predicted for key in batch_keys]
+        dim = self.hparams.embedding_dim
+        embeddings = torch.cat([e for _, e in self._predicted]).numpy() if keys else np.zeros((0, dim))
+        self._predicted.clear()
+        if self.trainer.is_global_zero:
+            header = ["image", *(f"e{i}" for i in range(dim))]
+            rows = ([key, *(f"{v:.6f}" for v in row)] for key, row in zip(keys, embeddings, strict=True))
+            write_csv(self.run_dir / "predictions.csv", header, rows)
+            write_outputs_file(self.run_dir / "embeddings.npz", keys, embeddings.reshape(len(keys), dim))
+            print(f"wrote {len(keys)} embeddings to {self.run_dir / 'predictions.csv'} and embeddings.npz")
 
     def on_test_epoch_end(self) -> None:
         eval_set = self.trainer.datamodule.test_set

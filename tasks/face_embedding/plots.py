@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tasks.common.io import atomic_write
+from tasks.common.io import pyplot, save_figure
 
 # one row: (query image, caption, [(match image or None, caption, correct or None), ...])
 GridRow = tuple[np.ndarray, str, Sequence[tuple[np.ndarray | None, str, bool | None]]]
@@ -16,11 +16,7 @@ FRAME = {True: "tab:green", False: "tab:red", None: "0.6"}
 
 def save_match_grid(path: str | os.PathLike, rows: Sequence[GridRow], *, cell: float = 1.6) -> None:
     """Query in the first column, matches by rank after it; frames green/red when correctness is known."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     columns = 1 + max(len(matches) for _, _, matches in rows)
     fig, axes = plt.subplots(
         len(rows), columns, figsize=(cell * columns, cell * 1.25 * len(rows)), squeeze=False
@@ -40,6 +36,16 @@ def save_match_grid(path: str | os.PathLike, rows: Sequence[GridRow], *, cell: f
                 spine.set(color=colour, linewidth=3)
             ax.set_title(text, fontsize=7)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def roc_curve_png(path: str | os.PathLike, far_: np.ndarray, val: np.ndarray, *, title: str = "ROC") -> None:
+    """The verification ROC from `metrics.roc_points`."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(np.maximum(far_, 1e-5), val)
+    ax.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="FAR (false accepts / different pairs)",
+           ylabel="VAL (true accepts / same pairs)", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)

@@ -14,227 +14,22 @@ identities 0..499 and `SyntheticFaces(100, .., identity_offset=100_000)` holds u
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from tasks.common.faces import Identity, draw_face, render_photo, sample_identity
 from tasks.common.io import atomic_write
 from tasks.common.transforms import to_model_input
-from tasks.face_embedding.lfw import first_image_gallery, identification_topk
+from tasks.face_embedding.metrics import first_image_gallery, identification_topk
 
 FACE_LAYER_CACHE_SIZE = 2048  # identities whose drawn face each process keeps (~200 MB at 80 px)
-CANVAS = 128  # faces are drawn on a 128-px canvas in these units, then resized to `size`
-
-SKIN_TONES = np.array(
-    [[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 96], [160, 102, 66],
-     [120, 76, 48], [88, 56, 38], [236, 200, 170]], dtype=np.float64,
-)
-HAIR_COLOURS = np.array(
-    [[20, 18, 18], [70, 45, 30], [125, 85, 50], [215, 180, 110], [170, 70, 30],
-     [150, 150, 150], [235, 235, 225], [40, 60, 160], [170, 40, 130], [40, 140, 70]], dtype=np.float64,
-)
-EYE_COLOURS = np.array(
-    [[80, 50, 25], [40, 90, 170], [50, 130, 70], [110, 110, 120], [15, 15, 15], [150, 110, 40]],
-    dtype=np.float64,
-)
-HAIR_STYLES = ("bald", "crew", "cap", "long", "bun", "mohawk")
-GLASSES = ("none", "none", "round", "square")
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What makes one synthetic person recognisable; lengths are in canvas pixels."""
-
-    face_half_width: float
-    face_half_height: float
-    jaw: float  # 0 = oval, 1 = square chin
-    skin: tuple[int, int, int]
-    hair: tuple[int, int, int]
-    hair_style: str
-    hair_volume: float
-    eye_colour: tuple[int, int, int]
-    eye_spacing: float
-    eye_height: float
-    eye_size: float
-    brow_gap: float
-    brow_tilt: float
-    brow_thickness: int
-    nose_length: float
-    nose_width: float
-    mouth_width: float
-    mouth_height: float
-    smile: float
-    lips: tuple[int, int, int]
-    ear_size: float
-    glasses: str
-    glasses_colour: tuple[int, int, int]
-    beard: bool
-    moles: tuple[tuple[float, float, float], ...]  # (x, y) as fractions of the face half-axes, radius
-
-
-def _colour(rng: np.random.Generator, palette: np.ndarray, jitter: float) -> tuple[int, int, int]:
-    base = palette[rng.integers(len(palette))] + rng.normal(0.0, jitter, 3)
-    return tuple(int(c) for c in np.clip(base, 0, 255))
-
-
-def sample_identity(rng: np.random.Generator) -> Identity:
-    return Identity(
-        face_half_width=rng.uniform(28, 40),
-        face_half_height=rng.uniform(36, 48),
-        jaw=rng.uniform(0, 1),
-        skin=_colour(rng, SKIN_TONES, 10),
-        hair=_colour(rng, HAIR_COLOURS, 12),
-        hair_style=HAIR_STYLES[rng.integers(len(HAIR_STYLES))],
-        hair_volume=rng.uniform(4, 14),
-        eye_colour=_colour(rng, EYE_COLOURS, 10),
-        eye_spacing=rng.uniform(10, 18),
-        eye_height=rng.uniform(-12, -2),
-        eye_size=rng.uniform(4, 7.5),
-        brow_gap=rng.uniform(5, 11),
-        brow_tilt=rng.uniform(-0.35, 0.35),
-        brow_thickness=int(rng.integers(2, 6)),
-        nose_length=rng.uniform(8, 18),
-        nose_width=rng.uniform(3, 9),
-        mouth_width=rng.uniform(7, 17),
-        mouth_height=rng.uniform(18, 28),
-        smile=rng.uniform(-6, 8),
-        lips=_colour(rng, np.array([[190, 70, 80], [150, 60, 60], [210, 120, 120], [120, 40, 70]]), 15),
-        ear_size=rng.uniform(4, 10),
-        glasses=GLASSES[rng.integers(len(GLASSES))],
-        glasses_colour=_colour(rng, np.array([[10, 10, 10], [150, 30, 30], [200, 170, 60]]), 20),
-        beard=bool(rng.random() < 0.25),
-        # Drawn last so adding them left every other trait of an identity unchanged. Like real
-        # moles they are small, fixed to the person, and the cue that separates look-alikes.
-        moles=tuple(
-            (float(rng.uniform(-0.7, 0.7)), float(rng.uniform(-0.5, 0.7)), float(rng.uniform(2.5, 4.0)))
-            for _ in range(int(rng.integers(0, 4)))
-        ),
-    )
-
-
-def _pt(x: float, y: float) -> tuple[int, int]:
-    return int(round(x)), int(round(y))
-
-
-def _draw_face(face: Identity, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The identity on a transparent canvas, resized to `size`: (float RGB layer, alpha in [0, 1])."""
-    layer = np.zeros((CANVAS, CANVAS, 3), np.uint8)
-    cx, cy = CANVAS / 2, CANVAS / 2 + 6
-    w, h = face.face_half_width, face.face_half_height
-    aa = cv2.LINE_AA
-    darker_hair = tuple(int(c * 0.6) for c in face.hair)
-
-    if face.hair_style == "long":  # hair behind the head, down to the shoulders
-        cv2.ellipse(layer, _pt(cx, cy), _pt(w + face.hair_volume, h + 4), 0, 180, 360, face.hair, -1, aa)
-        cv2.rectangle(layer, _pt(cx - w - face.hair_volume, cy), _pt(cx + w + face.hair_volume, cy + h),
-                      face.hair, -1)
-    for side in (-1, 1):  # ears
-        cv2.ellipse(layer, _pt(cx + side * w, cy - 2), _pt(face.ear_size * 0.6, face.ear_size), 0, 0, 360,
-                    face.skin, -1, aa)
-    # head: an ellipse whose lower half is blended towards a rectangle for square jaws
-    cv2.ellipse(layer, _pt(cx, cy), _pt(w, h), 0, 0, 360, face.skin, -1, aa)
-    jaw_w = w * (0.55 + 0.35 * face.jaw)
-    chin = cy + h * (0.75 + 0.2 * face.jaw)
-    cv2.rectangle(layer, _pt(cx - jaw_w, cy), _pt(cx + jaw_w, chin), face.skin, -1)
-
-    if face.beard:
-        cv2.ellipse(layer, _pt(cx, cy + h * 0.45), _pt(jaw_w, h * 0.5), 0, 0, 180, darker_hair, -1, aa)
-    top = cy - h
-    if face.hair_style in ("crew", "cap", "bun", "long"):
-        depth = {"crew": 0.35, "cap": 0.55, "bun": 0.45, "long": 0.5}[face.hair_style]
-        cv2.ellipse(layer, _pt(cx, cy - h * (1 - depth)), _pt(w + 2, h * depth + face.hair_volume * 0.5),
-                    0, 180, 360, face.hair, -1, aa)
-    if face.hair_style == "bun":
-        radius = int(6 + face.hair_volume * 0.6)
-        cv2.circle(layer, _pt(cx, top - face.hair_volume * 0.6), radius, face.hair, -1, aa)
-    if face.hair_style == "mohawk":
-        cv2.rectangle(layer, _pt(cx - 4, top - face.hair_volume), _pt(cx + 4, cy - h * 0.5), face.hair, -1)
-
-    eye_y = cy + face.eye_height
-    for side in (-1, 1):
-        ex = cx + side * face.eye_spacing
-        cv2.ellipse(layer, _pt(ex, eye_y), _pt(face.eye_size * 1.4, face.eye_size), 0, 0, 360,
-                    (245, 245, 240), -1, aa)
-        cv2.circle(layer, _pt(ex, eye_y), int(round(face.eye_size * 0.8)), face.eye_colour, -1, aa)
-        cv2.circle(layer, _pt(ex, eye_y), max(1, int(face.eye_size * 0.35)), (5, 5, 5), -1, aa)
-        brow_y = eye_y - face.eye_size - face.brow_gap
-        dx, dy = face.eye_size * 1.6, side * face.brow_tilt * face.eye_size * 1.6
-        cv2.line(layer, _pt(ex - dx, brow_y - dy), _pt(ex + dx, brow_y + dy), darker_hair,
-                 face.brow_thickness, aa)
-        if face.glasses != "none":
-            r = int(face.eye_size * 1.9)
-            if face.glasses == "round":
-                cv2.circle(layer, _pt(ex, eye_y), r, face.glasses_colour, 2, aa)
-            else:
-                cv2.rectangle(layer, _pt(ex - r, eye_y - r * 0.8), _pt(ex + r, eye_y + r * 0.8),
-                              face.glasses_colour, 2, aa)
-    if face.glasses != "none":
-        cv2.line(layer, _pt(cx - face.eye_spacing + face.eye_size * 1.9, eye_y),
-                 _pt(cx + face.eye_spacing - face.eye_size * 1.9, eye_y), face.glasses_colour, 2, aa)
-
-    nose_shadow = tuple(int(c * 0.7) for c in face.skin)
-    nose_top, nose_tip = eye_y + 2, eye_y + 2 + face.nose_length
-    nose = np.array([_pt(cx, nose_top), _pt(cx - face.nose_width, nose_tip),
-                     _pt(cx + face.nose_width, nose_tip)])
-    cv2.fillConvexPoly(layer, nose, nose_shadow, aa)
-
-    mouth_y = cy + face.mouth_height
-    mouth = np.array([_pt(cx + t * face.mouth_width, mouth_y + 0.5 * face.smile * (1 - t * t))
-                      for t in np.linspace(-1, 1, 9)])
-    cv2.polylines(layer, [mouth], False, face.lips, 3, aa)
-
-    mole_colour = tuple(int(c * 0.45) for c in face.skin)
-    for x, y, radius in face.moles:
-        cv2.circle(layer, _pt(cx + x * w, cy + y * h), int(round(radius)), mole_colour, -1, aa)
-
-    mask = layer.any(axis=2).astype(np.float32)
-    resize = dict(dsize=(size, size), interpolation=cv2.INTER_AREA)
-    return cv2.resize(layer.astype(np.float32), **resize), cv2.resize(mask, **resize)
-
-
-def _render(face_layer: np.ndarray, face_mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One photograph of a face (already at output size): cluttered background, pose, light, noise."""
-    size = face_layer.shape[0]
-    grid = np.linspace(-1.0, 1.0, size, dtype=np.float32)
-
-    def ramp() -> np.ndarray:  # a linear gradient across the image in a random direction, in [-1, 1]
-        angle = rng.uniform(0, 2 * math.pi)
-        cos, sin = np.float32(math.cos(angle)), np.float32(math.sin(angle))
-        return (cos * grid[None, :] + sin * grid[:, None])[..., None]
-
-    t = ramp() * 0.5 + 0.5
-    background = (rng.uniform(0, 255, 3).astype(np.float32) * (1 - t)
-                  + rng.uniform(0, 255, 3).astype(np.float32) * t).astype(np.uint8)
-    scale = size / CANVAS
-    for _ in range(int(rng.integers(3, 8))):  # clutter
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        x, y = (int(v * scale) for v in rng.integers(0, CANVAS, 2))
-        if rng.random() < 0.5:
-            cv2.circle(background, (x, y), int(rng.integers(6, 30) * scale), colour, -1, cv2.LINE_AA)
-        else:
-            x2, y2 = (int(v * scale) for v in rng.integers(0, CANVAS, 2))
-            width = max(1, int(rng.integers(2, 10) * scale))
-            cv2.line(background, (x, y), (x2, y2), colour, width, cv2.LINE_AA)
-
-    pose = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-8, 8), rng.uniform(0.93, 1.07))
-    pose[:, 2] += rng.uniform(-0.05, 0.05, 2) * size
-    face = cv2.warpAffine(face_layer, pose, (size, size), flags=cv2.INTER_LINEAR)
-    alpha = cv2.warpAffine(face_mask, pose, (size, size), flags=cv2.INTER_LINEAR)[..., None]
-    image = face * alpha + background * (1 - alpha)
-
-    light = (1 + np.float32(rng.uniform(0, 0.15)) * ramp()) * rng.uniform(0.9, 1.1, 1).astype(np.float32)
-    image *= light * rng.uniform(0.96, 1.04, 3).astype(np.float32)
-    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(2, 8))
-    return np.clip(image, 0, 255).round().astype(np.uint8)
 
 
 class SyntheticFaces(Dataset):
@@ -284,14 +79,14 @@ class SyntheticFaces(Dataset):
         else:
             if len(cache) >= FACE_LAYER_CACHE_SIZE:
                 del cache[next(iter(cache))]
-            cache[label] = _draw_face(self.identity(label), self.size)
+            cache[label] = draw_face(self.identity(label), self.size)
         return cache[label]
 
     def image(self, index: int) -> np.ndarray:
         """HWC uint8 RGB photo number `index` (identity-major order)."""
         label, number = divmod(index, self.images_per_identity)
         rng = np.random.default_rng([self.seed, self.identity_offset + label, 1 + number])
-        return _render(*self.face_layer(label), rng)
+        return render_photo(*self.face_layer(label), rng)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.image(index)

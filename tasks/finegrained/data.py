@@ -1,8 +1,7 @@
 """Fine-grained classification data: Stanford Dogs, any class-per-folder tree, and the synthetic set.
 
-The image datasets share one loading path (`LabelledImages`): decode with `read_image`, skip
-and count a file that does not decode (a 20k-image folder always has one), apply an
-albumentations pipeline, then `to_model_input`. Skip counts are per worker process.
+The image datasets are `tasks.common.classification.LabelledImages`; this module adds Stanford
+Dogs' official lists and boxes, and the DataModule that picks a data set and its splits.
 """
 
 from __future__ import annotations
@@ -10,61 +9,22 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import albumentations as A
 import numpy as np
-import pytorch_lightning as pl
 import scipy.io
-import torch
-from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import find_classes, make_dataset
+from torch.utils.data import DataLoader
+from torchvision.datasets.folder import find_classes
 
-from tasks.common.io import SkipCounter, read_first_readable
-from tasks.common.transforms import (
-    classification_eval,
-    classification_train,
-    seed_worker_augmentation,
-    to_model_input,
-)
+from tasks.common.classification import ImageFiles, ImageFolderDataset, KeyedImages, LabelledImages
+from tasks.common.data import DEFAULT_NUM_WORKERS, TaskDataModule
+from tasks.common.transforms import build_augmentation, classification_eval, classification_train
 from tasks.finegrained.synthetic import SyntheticFineGrained
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, exclusive end
-
-
-class LabelledImages(Dataset):
-    """(path, label) samples decoded on access; subclasses may crop each image first."""
-
-    def __init__(
-        self, samples: list[tuple[str, int]], classes: list[str], *, transform: Callable | None = None
-    ):
-        self.samples = samples
-        self.classes = classes
-        self.transform = transform
-        self.skipped = SkipCounter()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def crop(self, index: int, image: np.ndarray) -> np.ndarray:
-        return image
-
-    def load(self, index: int) -> tuple[np.ndarray, int, str]:
-        """Image (after `crop`, before `transform`), label and path; a corrupt file yields the next."""
-        index, image = read_first_readable(lambda i: self.samples[i][0], index, len(self), self.skipped)
-        path, label = self.samples[index]
-        return self.crop(index, image), label, path
-
-    def to_tensor(self, image: np.ndarray) -> torch.Tensor:
-        if self.transform is not None:
-            image = self.transform(image=image)["image"]
-        return to_model_input(image)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label, _ = self.load(index)
-        return self.to_tensor(image), label
 
 
 class StanfordDogs(LabelledImages):
@@ -212,58 +172,19 @@ def union_box(boxes: list[Box]) -> Box:
     )
 
 
-class ImageFolderDataset(LabelledImages):
-    """`root/<class>/**/*.{jpg,jpeg,png}` with classes in sorted folder order (ImageNet train/val)."""
-
-    def __init__(self, root: str | os.PathLike, *, transform: Callable | None = None) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: image folder not found")
-        classes, class_to_idx = find_classes(root)
-        super().__init__(make_dataset(root, class_to_idx, IMAGE_EXTENSIONS), classes, transform=transform)
-
-
-class ImageFiles(LabelledImages):
-    """Every image under `root`, unlabelled (label -1): the input of `predict` on new photos."""
-
-    def __init__(self, root: str | os.PathLike, *, transform: Callable | None = None) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: prediction folder not found")
-        paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not paths:
-            raise FileNotFoundError(f"{root}: no {'/'.join(IMAGE_EXTENSIONS)} images found")
-        super().__init__([(path, -1) for path in paths], [], transform=transform)
-
-
-class KeyedImages(Dataset):
-    """Items of `dataset` as (tensor, key), the key naming the image in a prediction file."""
-
-    def __init__(self, dataset: LabelledImages | SyntheticFineGrained) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        if isinstance(self.dataset, SyntheticFineGrained):
-            return self.dataset[index][0], f"{self.dataset.split}/{index:06d}"
-        image, _, path = self.dataset.load(index)
-        return self.dataset.to_tensor(image), path
-
-
 DatasetName = Literal["synthetic", "stanford_dogs", "imagefolder"]
 
 
-class FineGrainedDataModule(pl.LightningDataModule):
+class FineGrainedDataModule(TaskDataModule):
     """Train/val/test/predict loaders for one fine-grained data set.
 
     Splits: Stanford Dogs validates and tests on its test list (the paper reports test top-1);
     an image folder uses `root/train` and `root/val` (val also serves as test); the synthetic set
     has its own train/val/test. Real data gets the paper's random-resized-crop + flip; the
     synthetic set only a flip, because its renderer already varies pose, scale and background,
-    and random crops would cut off the small parts that define its classes.
-    `predict_root` predicts on every image in a folder instead of the validation split.
+    and random crops would cut off the small parts that define its classes. `augment` replaces
+    either (a list of albumentations transforms; `[]` for none), followed by a resize to
+    `image_size`. `predict_root` predicts on every image in a folder instead of the validation split.
     """
 
     def __init__(
@@ -273,7 +194,8 @@ class FineGrainedDataModule(pl.LightningDataModule):
         *,
         image_size: int = 224,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: int = DEFAULT_NUM_WORKERS,
+        augment: list[dict] | None = None,
         crop_to_box: bool = False,
         synthetic_classes: int = 24,
         synthetic_train_per_class: int = 300,
@@ -281,7 +203,7 @@ class FineGrainedDataModule(pl.LightningDataModule):
         predict_root: str | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if dataset not in ("synthetic", "stanford_dogs", "imagefolder"):
             raise ValueError(f"dataset must be synthetic, stanford_dogs or imagefolder, got {dataset!r}")
         if dataset != "synthetic" and root is None:
@@ -290,14 +212,12 @@ class FineGrainedDataModule(pl.LightningDataModule):
         self.dataset = dataset
         self.root = root
         self.image_size = image_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.augment = augment
         self.crop_to_box = crop_to_box
         self.synthetic_classes = synthetic_classes
         self.synthetic_train_per_class = synthetic_train_per_class
         self.synthetic_val_per_class = synthetic_val_per_class
         self.predict_root = predict_root
-        self.seed = seed
         self._class_names: list[str] | None = None
         self.splits: dict[str, LabelledImages | SyntheticFineGrained] = {}
 
@@ -317,24 +237,27 @@ class FineGrainedDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def train_transform(self) -> A.Compose:
+        if self.dataset == "synthetic":
+            default = partial(A.Compose, [A.HorizontalFlip(p=0.5)], seed=self.seed)
+        else:
+            default = partial(classification_train, self.image_size, seed=self.seed)
+        size = self.image_size
+        return build_augmentation(self.augment, default, seed=self.seed, then=[A.Resize(size, size)])
+
     def make_dataset(self, split: Literal["train", "val", "test"]) -> LabelledImages | SyntheticFineGrained:
         train = split == "train"
         if self.dataset == "synthetic":
             per_class = self.synthetic_train_per_class if train else self.synthetic_val_per_class
-            transform = A.Compose([A.HorizontalFlip(p=0.5)], seed=self.seed) if train else None
             return SyntheticFineGrained(
                 self.synthetic_classes,
                 per_class,
                 size=self.image_size,
                 seed=self.seed,
                 split=split,
-                transform=transform,
+                transform=self.train_transform() if train else None,
             )
-        transform = (
-            classification_train(self.image_size, seed=self.seed)
-            if train
-            else classification_eval(self.image_size)
-        )
+        transform = self.train_transform() if train else classification_eval(self.image_size)
         if self.dataset == "stanford_dogs":
             return StanfordDogs(
                 self.root, "train" if train else "test", transform=transform, crop_to_box=self.crop_to_box
@@ -348,26 +271,14 @@ class FineGrainedDataModule(pl.LightningDataModule):
             if split not in self.splits:
                 self.splits[split] = self.make_dataset(split)
 
-    def _loader(self, dataset: Dataset, *, train: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            worker_init_fn=seed_worker_augmentation,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["train"], train=True)
+        return self.loader(self.splits["train"], train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["val"])
+        return self.loader(self.splits["val"])
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["test"])
+        return self.loader(self.splits["test"])
 
     def predict_dataloader(self) -> DataLoader:
         """Batches of (images, keys): file paths, or `<split>/<index>` for the synthetic set."""
@@ -375,4 +286,4 @@ class FineGrainedDataModule(pl.LightningDataModule):
             dataset = ImageFiles(self.predict_root, transform=classification_eval(self.image_size))
         else:
             dataset = self.splits["val"] if "val" in self.splits else self.make_dataset("val")
-        return self._loader(KeyedImages(dataset))
+        return self.loader(KeyedImages(dataset))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks.common.module import TaskModule
-from tasks.finegrained.metrics import (
+from tasks.common.classification import (
     classification_metrics,
     confusion_matrix,
     save_confusion_png,
     write_topk_csv,
 )
+from tasks.common.module import TaskModule
 
 
 class FineGrainedModule(TaskModule):

@@ -195,6 +195,10 @@ class SyntheticFineGrained(Dataset):
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
         return render(label, rng, self.size), label
 
+    def key(self, index: int) -> str:
+        """How predictions name item `index`."""
+        return f"{self.split}/{index:06d}"
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.image(index)
         if self.transform is not None:

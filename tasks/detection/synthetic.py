@@ -13,7 +13,6 @@ image can be regenerated alone.
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import json
 import math
@@ -235,26 +234,3 @@ def synth_marker_matches(
         return json.loads(marker.read_text()) == _marker(images, seed, image_size, val_fraction)
     except json.JSONDecodeError:
         return False
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`mobilenets data synth-shapes --out DIR --images N [--seed S]`."""
-    parser = argparse.ArgumentParser(
-        prog="mobilenets data synth-shapes", description="Write the synth-shapes COCO detection set."
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder (train/, val/, annotations/)")
-    parser.add_argument("--images", required=True, type=int, help="total images over both splits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"))
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    args = parser.parse_args(argv)
-    files = write_synth_shapes(
-        args.out,
-        images=args.images,
-        seed=args.seed,
-        image_size=tuple(args.size),
-        val_fraction=args.val_fraction,
-    )
-    for split, path in files.items():
-        print(f"{split}: {path}")
-    return 0

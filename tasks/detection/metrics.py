@@ -13,7 +13,6 @@ become `[x, y, w, h]` in the original image, labels become COCO category ids.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -241,26 +240,3 @@ def format_table(evaluation: Mapping[str, Any]) -> str:
     for name, row in evaluation["per_category"].items():
         lines.append(f"{name:<{width}}  {row['AP']:6.4f}  {row['AP50']:6.4f}  {row['AP75']:6.4f}")
     return "\n".join(lines)
-
-
-def main_evaluate(argv: Sequence[str] | None = None) -> int:
-    """`mobilenets detection evaluate --gt GT.json --results DETS.json [--json]`."""
-    parser = argparse.ArgumentParser(
-        prog="mobilenets detection evaluate", description="COCO box mAP of a results file."
-    )
-    parser.add_argument("--gt", required=True, type=Path, help="COCO instances JSON (ground truth)")
-    parser.add_argument("--results", required=True, type=Path, help="COCO results JSON (detections)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--backend", choices=BACKENDS, default="pycocotools")
-    args = parser.parse_args(argv)
-    try:
-        evaluation = evaluate_coco(args.gt, args.results, backend=args.backend)
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
-    if args.json:
-        summary = {name: evaluation[name] for name in STAT_NAMES}
-        summary["per_category"] = evaluation["per_category"]
-        print(json.dumps(summary))
-    else:
-        print(format_table(evaluation))
-    return 0
