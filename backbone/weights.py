@@ -60,9 +60,13 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             with np.load(path, allow_pickle=False) as arrays:
                 return {name: torch.from_numpy(arrays[name].copy()) for name in arrays.files}
         if path.suffix == ".safetensors":
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
-            return dict(load_file(str(path)))
+            try:
+                return dict(load_file(str(path)))
+            except SafetensorError as err:  # e.g. a pickle renamed .safetensors: refused, never unpickled
+                raise ValueError(f"not a safetensors file ({err})") from None
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
         raise ValueError(f"cannot read weights from {path}: {err}") from err

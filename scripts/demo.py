@@ -56,6 +56,8 @@ def main() -> None:
     print(f"  COCO table, PR curves:   {tested}")
     print(f"  drawn predictions:       {predicted}")
     print(f"  face search results:     {newest_run('face-embedding-demo')}")
+    print(f"  face search page:        {MOBILENETS} face-embedding serve --index "
+          f"{newest_run('face-embedding-demo') / 'index'}   then open http://127.0.0.1:8000/")
 
 
 if __name__ == "__main__":

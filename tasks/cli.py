@@ -46,12 +46,35 @@ TASKS = {
                 "serve": "tasks.face_embedding.serve:main_serve",
             },
         ),
+        TaskSpec(
+            name="geolocation",
+            module="tasks.geolocation.module:GeolocationModule",
+            datamodule="tasks.geolocation.data:GeolocationDataModule",
+            monitor="val/geoscore",
+            links=(("num_cells", "num_cells"), ("cell_tables", "cells")),
+            tools={
+                "partition": "tasks.geolocation.commands:main_partition",
+                "evaluate": "tasks.geolocation.commands:main_evaluate",
+                "shards": "tasks.geolocation.commands:main_shards",
+                "synth": "tasks.geolocation.commands:main_synth",
+                "baselines": "tasks.geolocation.commands:main_baselines",
+                "profile": "tasks.geolocation.commands:main_profile",
+            },
+        ),
+        TaskSpec(
+            name="face-attributes",
+            module="tasks.face_attributes.module:FaceAttributesModule",
+            datamodule="tasks.face_attributes.data:FaceAttributesDataModule",
+            monitor="val/mean_ap",
+            links=(("num_attributes", "num_attributes"), ("attribute_names", "attribute_names")),
+            tools={"export-logits": "tasks.face_attributes.commands:main_export_logits"},
+        ),
     )
 }
 
 TOOLS = {
     "profile": "tasks.profile_cli:main",
-    "export": "backbone.export:main_export",
+    "export": "tasks.deploy:main_export",  # a task checkpoint (--checkpoint) or the bare backbone
     "data": "tasks.data_cli:main",
 }
 

@@ -131,3 +131,35 @@ def test_a_finegrained_recipe_can_turn_the_flip_off(tmp_path):
     reference = FineGrainedDataModule("synthetic", **small).make_dataset("train")
     for index in range(len(train)):
         torch.testing.assert_close(train[index][0], to_model_input(reference.image(index)[0]))
+
+
+def test_cpu_threads_are_restored_when_a_run_raises(tmp_path):
+    import pytorch_lightning as pl
+
+    from tasks.common.module import CpuThreads
+
+    class Failing(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            assert torch.get_num_threads() == 1  # the callback is in force during the run
+            raise RuntimeError("bad batch")
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.zeros(4, 2), batch_size=2)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        trainer = pl.Trainer(max_steps=1, callbacks=[CpuThreads(1)], logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        with pytest.raises(RuntimeError, match="bad batch"):
+            trainer.fit(Failing())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -64,6 +64,8 @@ TASK_ARGUMENTS = {
     "finegrained": {"num_classes": 7},
     "detection": {"num_classes": 3, "image_size": 128},
     "face-embedding": {"embedding_dim": 16},
+    "face-attributes": {"num_attributes": 5},
+    "geolocation": {"num_cells": [3, 7]},
 }
 
 

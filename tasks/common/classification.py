@@ -10,6 +10,7 @@ that does not decode (a 20k-image folder always has one), apply an albumentation
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,10 @@ from torchvision.datasets.folder import find_classes, make_dataset
 
 from tasks.common.io import IMAGE_EXTENSIONS, SkipCounter, pyplot, read_first_readable, save_figure, write_csv
 from tasks.common.transforms import to_model_input
+
+log = logging.getLogger(__name__)
+
+MAX_NAMES_IN_MESSAGE = 20
 
 
 class LabelledImages(Dataset):
@@ -59,14 +64,52 @@ class LabelledImages(Dataset):
 
 
 class ImageFolderDataset(LabelledImages):
-    """`root/<class>/**/*.{jpg,jpeg,png}` with classes in sorted folder order (ImageNet train/val)."""
+    """`root/<class>/**/*.{jpg,jpeg,png}` with classes in sorted folder order (ImageNet train/val).
 
-    def __init__(self, root: str | os.PathLike, *, transform: Callable | None = None) -> None:
+    `classes` fixes the label of every class name: an evaluation split must be labelled with the
+    training split's classes (`root/train`), not its own folders, or one class folder missing from
+    `val/` would shift every later label. A class of `classes` absent here is logged as a warning
+    (its accuracy is undefined); a folder here that `classes` lacks is an error naming it.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        transform: Callable | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: image folder not found")
-        classes, class_to_idx = find_classes(root)
-        super().__init__(make_dataset(root, class_to_idx, IMAGE_EXTENSIONS), classes, transform=transform)
+        try:
+            found, _ = find_classes(root)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{root}: no class folders (expected {root}/<class>/<image>)") from None
+        given = classes is not None
+        if classes is None:
+            classes = found
+        else:
+            classes = list(classes)
+            extra = sorted(set(found) - set(classes))
+            if extra:
+                raise ValueError(
+                    f"{root}: class folders {extra} are not classes of the training split "
+                    f"({len(classes)} classes); a model trained on it cannot predict them"
+                )
+            absent = [name for name in classes if name not in set(found)]
+            if absent:
+                log.warning(
+                    "%s: %d of the %d training classes have no folder here: %s",
+                    root, len(absent), len(classes), absent[:MAX_NAMES_IN_MESSAGE],
+                )  # fmt: skip
+        class_to_idx = {name: label for label, name in enumerate(classes)}
+        # an evaluation split may lack a class (warned above); the training split defines them all
+        samples = make_dataset(root, {name: class_to_idx[name] for name in found}, IMAGE_EXTENSIONS,
+                               allow_empty=given)  # fmt: skip
+        if not samples:
+            raise FileNotFoundError(f"{root}: no {'/'.join(IMAGE_EXTENSIONS)} images in its class folders")
+        super().__init__(samples, classes, transform=transform)
 
 
 class ImageFiles(LabelledImages):

@@ -39,13 +39,17 @@ class CpuThreads(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if pl_module.device.type == "cpu":
-            self._before = torch.get_num_threads()
+            if self._before is None:
+                self._before = torch.get_num_threads()
             torch.set_num_threads(self.threads)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._before is not None:
             torch.set_num_threads(self._before)
             self._before = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "exception")  # Lightning skips `teardown` for a run that raised
 
 
 class TaskModule(pl.LightningModule):

@@ -49,6 +49,12 @@ def main_synth_shapes(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"))
     parser.add_argument("--val-fraction", type=float, default=0.2)
     args = parser.parse_args(argv)
+    if not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}")
+    if args.images < 2:
+        parser.error(f"--images must be at least 2 (one per split), got {args.images}")
+    if min(args.size) < 1:
+        parser.error(f"--size must be positive, got {args.size}")
     files = write_synth_shapes(
         args.out,
         images=args.images,

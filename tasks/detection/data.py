@@ -24,7 +24,8 @@ import contextlib
 import io
 import json
 import logging
-from pathlib import Path
+import math
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import torch
@@ -42,24 +43,149 @@ log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
 
-def read_coco_json(annotation_file: str | Path) -> dict:
-    """Read a COCO instances file, with errors that name the file and what is wrong with it."""
+INT64_MAX = 2**63 - 1
+MAX_RECORDS_IN_MESSAGE = 10
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -INT64_MAX <= value <= INT64_MAX
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record_name(kind: str, number: int, record) -> str:
+    rid = record.get("id") if isinstance(record, dict) else None
+    return f"{kind}[{number}]" + (f" (id {rid!r:.40})" if rid is not None else "")
+
+
+def _unsafe_file_name(name: str) -> bool:
+    """A `file_name` that would read outside the image folder: absolute, a drive, or with `..`."""
+    posix = name.replace("\\", "/")
+    return (
+        not posix
+        or posix.startswith("/")
+        or PureWindowsPath(name).is_absolute()
+        or PureWindowsPath(name).drive != ""
+        or ".." in posix.split("/")
+        or "\0" in name
+    )
+
+
+def validate_coco(dataset: dict, path: str | Path, *, evaluation: bool = False) -> dict:
+    """Check a COCO instances dict record by record; every problem is a ValueError naming file and record.
+
+    Images need a unique integer `id`, a `file_name` inside the image folder (relative, no `..`) and
+    positive `width`/`height`; categories a unique integer `id` and a `name`; annotations a unique
+    integer `id`, integer `image_id`/`category_id` and a `bbox` of 4 finite numbers (and, for
+    `evaluation`, the `area` and `iscrowd` COCOeval reads). Annotations on image ids the file does
+    not list are dropped from `dataset`, counted and logged (pycocotools would drop them silently).
+    Returns the counts found.
+    """
+    images, categories, annotations = dataset["images"], dataset["categories"], dataset["annotations"]
+    for key, value in (("images", images), ("categories", categories), ("annotations", annotations)):
+        if not isinstance(value, list):
+            raise ValueError(f"{path}: {key!r} must be a JSON list, got {type(value).__name__}")
+    if not images:
+        raise ValueError(f"{path}: 'images' is empty: nothing to train or evaluate on")
+    image_ids: set[int] = set()
+    for number, image in enumerate(images):
+        name = _record_name("images", number, image)
+        if not isinstance(image, dict):
+            raise ValueError(f"{path}: {name} is not a JSON object")
+        for key in ("id", "file_name", "width", "height"):
+            if key not in image:
+                raise ValueError(f"{path}: {name} has no {key!r}")
+        if not _is_int(image["id"]):
+            raise ValueError(f"{path}: {name} has id {image['id']!r:.40}; image ids are integers")
+        if image["id"] in image_ids:
+            raise ValueError(f"{path}: {name} repeats image id {image['id']}")
+        image_ids.add(image["id"])
+        file_name = image["file_name"]
+        if not isinstance(file_name, str) or _unsafe_file_name(file_name):
+            raise ValueError(
+                f"{path}: {name} has file_name {file_name!r:.80}; it must be a path relative to the "
+                "image folder, without '..'"
+            )
+        for key in ("width", "height"):
+            if not _is_number(image[key]) or image[key] <= 0:
+                raise ValueError(f"{path}: {name} has {key} {image[key]!r:.40}; must be a positive number")
+    cat_ids: set[int] = set()
+    for number, category in enumerate(categories):
+        name = _record_name("categories", number, category)
+        if not isinstance(category, dict) or not _is_int(category.get("id")):
+            raise ValueError(f"{path}: {name} needs an integer 'id'")
+        if category["id"] in cat_ids:
+            raise ValueError(f"{path}: {name} repeats category id {category['id']}")
+        if not isinstance(category.get("name"), str):
+            raise ValueError(f"{path}: {name} needs a string 'name'")
+        cat_ids.add(category["id"])
+    orphans: list[int] = []
+    ann_ids: set = set()
+    for number, ann in enumerate(annotations):
+        name = _record_name("annotations", number, ann)
+        if not isinstance(ann, dict):
+            raise ValueError(f"{path}: {name} is not a JSON object")
+        for key in ("image_id", "category_id"):
+            if not _is_int(ann.get(key)):
+                raise ValueError(f"{path}: {name} has {key} {ann.get(key)!r:.40}; must be an integer")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise ValueError(f"{path}: {name} has bbox {bbox!r:.80}; must be [x, y, w, h], 4 finite numbers")
+        if "id" in ann:
+            if not _is_int(ann["id"]):
+                raise ValueError(f"{path}: {name} has id {ann['id']!r:.40}; annotation ids are integers")
+            if ann["id"] in ann_ids:
+                raise ValueError(f"{path}: {name} repeats annotation id {ann['id']}")
+            ann_ids.add(ann["id"])
+        else:
+            raise ValueError(f"{path}: {name} has no 'id' (COCO gives every annotation one)")
+        if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):  # False/True compare equal: accepted
+            raise ValueError(f"{path}: {name} has iscrowd {ann['iscrowd']!r:.40}; must be 0 or 1")
+        if "area" in ann and (not _is_number(ann["area"]) or ann["area"] < 0):
+            raise ValueError(f"{path}: {name} has area {ann['area']!r:.40}; must be a number >= 0")
+        if evaluation:
+            for key in ("area", "iscrowd"):
+                if key not in ann:
+                    raise ValueError(f"{path}: {name} has no {key!r}, which COCO evaluation needs")
+        if ann["image_id"] not in image_ids:
+            orphans.append(number)
+    if orphans:
+        shown = ", ".join(str(annotations[n]["image_id"]) for n in orphans[:MAX_RECORDS_IN_MESSAGE])
+        log.warning(
+            "%s: %d annotations name image ids that 'images' does not list (e.g. %s); ignored",
+            path, len(orphans), shown,
+        )  # fmt: skip
+        orphan_set = set(orphans)
+        dataset["annotations"] = [ann for n, ann in enumerate(annotations) if n not in orphan_set]
+    return {"images": len(images), "annotations": len(annotations), "orphan_annotations": len(orphans)}
+
+
+def read_coco_json(
+    annotation_file: str | Path, *, evaluation: bool = False, counts: dict | None = None
+) -> dict:
+    """Read and validate a COCO instances file (`validate_coco`, whose counts land in `counts`)."""
     path = Path(annotation_file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: COCO annotation file not found")
     try:
-        dataset = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        dataset = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not valid JSON ({type(err).__name__}: {err})") from err
     if not isinstance(dataset, dict) or any(key not in dataset for key in REQUIRED_KEYS):
         raise ValueError(f"{path}: not a COCO instances file (needs a JSON object with keys {REQUIRED_KEYS})")
+    found = validate_coco(dataset, path, evaluation=evaluation)
+    if counts is not None:
+        counts.update(found)
     return dataset
 
 
 def load_coco(annotation_file: str | Path) -> COCO:
     """`read_coco_json`, indexed by pycocotools."""
     coco = COCO()
-    coco.dataset = read_coco_json(annotation_file)
+    coco.counts = {}
+    coco.dataset = read_coco_json(annotation_file, counts=coco.counts)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
         try:
             coco.createIndex()
@@ -85,6 +211,7 @@ class CocoDetection(Dataset):
         self.train = train
         self.skipped = SkipCounter()
         coco = load_coco(annotation_file)
+        self.orphan_annotations = coco.counts["orphan_annotations"]  # on image ids 'images' lacks; ignored
         cat_ids = sorted(coco.getCatIds())
         self.label_to_cat_id = {label: cat_id for label, cat_id in enumerate(cat_ids, start=1)}
         self.cat_id_to_label = {cat_id: label for label, cat_id in self.label_to_cat_id.items()}
@@ -98,7 +225,10 @@ class CocoDetection(Dataset):
 
     def _index(self, coco: COCO) -> None:
         self.crowd_boxes = self.clipped_boxes = self.dropped_boxes = self.images_without_boxes = 0
-        image_ids, file_names, boxes, labels, offsets = [], [], [], [], [0]
+        image_ids, file_names, offsets = [], [], [0]
+        # filled in place: a Python list of 1.5 M boxes would cost ~300 MB more at the peak (COCO-sized files)
+        boxes = np.empty((len(coco.anns), 4), dtype=np.float32)
+        labels = np.empty(len(coco.anns), dtype=np.int64)
         for image_id in sorted(coco.getImgIds()):
             record = coco.imgs[image_id]
             image_boxes, image_labels = self._usable_boxes(coco.imgToAnns[image_id], record)
@@ -108,14 +238,17 @@ class CocoDetection(Dataset):
                     continue
             image_ids.append(image_id)
             file_names.append(record["file_name"])
-            boxes.extend(image_boxes)
-            labels.extend(image_labels)
-            offsets.append(len(boxes))
+            start, stop = offsets[-1], offsets[-1] + len(image_boxes)
+            if image_boxes:
+                boxes[start:stop] = image_boxes
+                labels[start:stop] = image_labels
+            offsets.append(stop)
         self._image_ids = np.asarray(image_ids, dtype=np.int64)
         self._file_names = np.asarray(file_names, dtype=str)
-        self._boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        self._labels = np.asarray(labels, dtype=np.int64)
+        self._boxes = boxes[: offsets[-1]].copy()
+        self._labels = labels[: offsets[-1]].copy()
         self._offsets = np.asarray(offsets, dtype=np.int64)
+        boxes = self._boxes
         log.info(
             "%s: %d images (%d without boxes%s), %d boxes; %d crowd ignored, %d clipped, %d dropped",
             self.annotation_file, len(image_ids), self.images_without_boxes,

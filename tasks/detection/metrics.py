@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from tasks.common.io import atomic_write
-from tasks.detection.data import read_coco_json
+from tasks.detection.data import read_coco_json, validate_coco
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +71,42 @@ def _load_results(results: Sequence[Mapping] | str | Path) -> tuple[list, str]:
     return list(results), "results"
 
 
-def _check_results(results: list, source: str, image_ids: set, cat_ids: set) -> None:
-    """Reject malformed records and ids the ground truth does not know, naming them."""
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# A results file in xyxy instead of COCO's xywh puts boxes past the image's right or bottom edge
+# (x + "w" = x0 + x1); a model's xywh output is clipped to the image, so few boxes reach outside.
+XYXY_OUTSIDE_FRACTION = 0.1
+XYXY_TOLERANCE = 0.02  # of the image side: jitter and rounding of real boxes at the border
+
+
+def _check_results(results: list, source: str, image_ids: set, cat_ids: set, image_sizes=None) -> None:
+    """Reject malformed records, negative sizes and ids the ground truth does not know, naming them;
+    warn when the boxes look like `[x0, y0, x1, y1]` (`image_sizes`: image id -> (width, height))."""
     for i, det in enumerate(results):
         bbox = det.get("bbox") if isinstance(det, Mapping) else None
         score = det.get("score") if isinstance(det, Mapping) else None
         if (
             not isinstance(bbox, (list, tuple))
             or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-            or not isinstance(score, (int, float))
-            or not math.isfinite(score)
-            or not isinstance(det.get("image_id"), int)
-            or not isinstance(det.get("category_id"), int)
+            or not all(_number(v) for v in bbox)
+            or not _number(score)
+            or not _integer(det.get("image_id"))
+            or not _integer(det.get("category_id"))
         ):
             raise ValueError(
                 f"{source}: record {i} is not a box detection "
-                f"{{image_id, category_id, bbox: [x, y, w, h], score}}: {det!r}"
+                f"{{image_id, category_id, bbox: [x, y, w, h], score}}: {det!r:.200}"
+            )
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise ValueError(
+                f"{source}: record {i} has a negative width or height, bbox {list(bbox)}; COCO boxes are "
+                "[x, y, width, height]"
             )
     for kind, known in (("image_id", image_ids), ("category_id", cat_ids)):
         unknown = sorted({det[kind] for det in results} - known)
@@ -97,6 +116,18 @@ def _check_results(results: list, source: str, image_ids: set, cat_ids: set) -> 
             raise ValueError(
                 f"{source}: {len(unknown)} unknown {kind}s not in the ground truth: {shown}{more}"
             )
+    if image_sizes and results:
+        outside = 0
+        for det in results:
+            width, height = image_sizes[det["image_id"]]
+            x, y, w, h = det["bbox"]
+            outside += x + w > width * (1 + XYXY_TOLERANCE) + 1 or y + h > height * (1 + XYXY_TOLERANCE) + 1
+        if outside > XYXY_OUTSIDE_FRACTION * len(results):
+            log.warning(
+                "%s: %d of %d boxes reach past the image edge: are they [x0, y0, x1, y1]? COCO results "
+                "are [x, y, width, height], and xyxy boxes score near zero",
+                source, outside, len(results),
+            )  # fmt: skip
 
 
 def evaluate_coco(
@@ -113,11 +144,14 @@ def evaluate_coco(
     """
     coco_cls, eval_cls = _backend_classes(backend)
     if isinstance(gt, (str, Path)):
-        gt = _coco_from_dict(coco_cls, read_coco_json(gt))
-    elif not isinstance(gt, coco_cls):
-        gt = _coco_from_dict(coco_cls, gt.dataset)
+        gt = _coco_from_dict(coco_cls, read_coco_json(gt, evaluation=True))
+    else:
+        validate_coco(gt.dataset, "ground truth", evaluation=True)  # before pycocotools trips on it
+        if not isinstance(gt, coco_cls):
+            gt = _coco_from_dict(coco_cls, gt.dataset)
     detections, source = _load_results(results)
-    _check_results(detections, source, set(gt.getImgIds()), set(gt.getCatIds()))
+    sizes = {image["id"]: (image["width"], image["height"]) for image in gt.dataset["images"]}
+    _check_results(detections, source, set(gt.getImgIds()), set(gt.getCatIds()), sizes)
     with contextlib.redirect_stdout(io.StringIO()):
         if detections:
             dt = gt.loadRes(detections)

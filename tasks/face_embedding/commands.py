@@ -51,7 +51,28 @@ class IndexInfo:
             raise IndexFormatError(
                 f"{index_dir}: no {EMBEDDER_FILE}; build the index with `mobilenets face-embedding index`"
             )
-        return cls(**json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise IndexFormatError(f"{path}: not valid JSON ({err})") from None
+        types = {"weights": str, "image_size": int, "embedding_dim": int, "identities": list}
+        required = set(types) - {"identities"}
+        if not isinstance(data, dict) or set(data) - set(types) or not required <= set(data):
+            raise IndexFormatError(f"{path}: must be an object with keys {sorted(types)}, got {data!r:.200}")
+        for key, value in data.items():
+            if not isinstance(value, types[key]) or isinstance(value, bool):
+                raise IndexFormatError(f"{path}: {key} must be {types[key].__name__}, got {value!r:.100}")
+        if not all(isinstance(name, str) for name in data.get("identities", [])):
+            raise IndexFormatError(f"{path}: identities must be a list of names")
+        return cls(**data)
+
+    def check_labels(self, index: EmbeddingIndex, index_dir: Path) -> None:
+        """Every label of the index must name one of `identities`."""
+        if len(index.labels) and int(index.labels.max()) >= len(self.identities):
+            raise IndexFormatError(
+                f"{index_dir / EMBEDDER_FILE}: names {len(self.identities)} identities, but "
+                f"labels.npy uses label {int(index.labels.max())}"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
@@ -79,6 +100,7 @@ def build_index(
     loaded = load_embedder(weights)
     if (out / EMBEDDER_FILE).exists():
         info, index = IndexInfo.load(out), EmbeddingIndex.load(out)
+        info.check_labels(index, out)
         if Path(info.weights) != weights:
             raise ValueError(
                 f"{out} was built with {info.weights}; embeddings of {weights} would not be "
@@ -114,7 +136,10 @@ class Match:
 
 def search_index(index_dir: str | os.PathLike, query: str | os.PathLike, *, k: int = 5) -> list[Match]:
     index_dir = Path(index_dir)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
     info, index = IndexInfo.load(index_dir), EmbeddingIndex.load(index_dir)
+    info.check_labels(index, index_dir)
     image = read_face_image(query)
     loaded = load_embedder(info.weights, image_size=info.image_size)
     scores, labels, paths = index.search(embed_images(loaded.model, [image], image_size=info.image_size), k)
@@ -134,14 +159,18 @@ def main_index(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=0)
     args = parser.parse_args(argv)
-    added, skipped = build_index(
-        args.gallery,
-        args.weights,
-        args.out,
-        kind=args.kind,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-    )
+    try:
+        added, skipped = build_index(
+            args.gallery,
+            args.weights,
+            args.out,
+            kind=args.kind,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        )
+    except IndexFormatError as err:
+        print(f"mobilenets face-embedding index: {err}", file=sys.stderr)
+        return 2
     total = len(EmbeddingIndex.load(args.out))
     print(f"added {added} images to {args.out} ({total} in all); skipped {skipped} unreadable")
     return 0
@@ -157,6 +186,8 @@ def main_search(argv: list[str]) -> int:
     parser.add_argument("-k", type=int, default=5, help="matches to show")
     parser.add_argument("--save-grid", help="PNG with the query and its matches")
     args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error(f"-k must be at least 1 (matches to show), got {args.k}")
     try:
         matches = search_index(args.index, args.query, k=args.k)
     except (ImageReadError, NotAFaceImageError, IndexFormatError) as err:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +41,72 @@ def _normalised(vectors, dim: int) -> np.ndarray:
         raise ValueError(f"expected vectors of shape (N, {dim}), got {vectors.shape}")
     faiss.normalize_L2(vectors)
     return vectors
+
+
+_PARAM_TYPES = {"nlist": int, "nprobe": int, "hnsw_m": int, "ef_construction": int, "ef_search": int}
+
+
+def _read_meta(path: Path) -> dict:
+    """meta.json, checked field by field: every problem is an `IndexFormatError` naming the file."""
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IndexFormatError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise IndexFormatError(f"{path}: must hold a JSON object, got {type(meta).__name__}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise IndexFormatError(f"{path}: format version {meta.get('format_version')!r}, "
+                               f"this code reads {FORMAT_VERSION}")
+    for key in ("kind", "dim", "count", "params"):
+        if key not in meta:
+            raise IndexFormatError(f"{path}: missing {key!r}")
+    if meta["kind"] not in KINDS:
+        raise IndexFormatError(f"{path}: kind {meta['kind']!r} is not one of {KINDS}")
+    for key in ("dim", "count"):
+        value = meta[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "dim" else 0):
+            sign = "positive" if key == "dim" else "non-negative"
+            raise IndexFormatError(f"{path}: {key} must be a {sign} "
+                                   f"integer, got {value!r}")
+    params = meta["params"]
+    if not isinstance(params, dict) or set(params) - set(_PARAM_TYPES):
+        raise IndexFormatError(f"{path}: params must be an object with keys from {sorted(_PARAM_TYPES)}, "
+                               f"got {params!r}")
+    for key, value in params.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise IndexFormatError(f"{path}: params.{key} must be a positive integer, got {value!r}")
+    paths = meta.get("paths")
+    if paths is not None and not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+        raise IndexFormatError(f"{path}: paths must be a list of strings or null")
+    meta["paths"] = paths
+    return meta
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False  # e.g. a file system without RENAME_EXCHANGE: the caller falls back
+
+
+def _restore_after_interrupted_swap(path: Path) -> None:
+    """A save killed between its two renames left the previous index in `.<name>.old.*/index`."""
+    if path.exists() or not path.parent.is_dir():
+        return
+    aside = sorted(path.parent.glob(f".{path.name}.old.*/index"), key=lambda p: p.stat().st_mtime)
+    if aside:
+        log.warning("%s: restoring the index a killed save left at %s", path, aside[-1])
+        os.replace(aside[-1], path)
 
 
 class EmbeddingIndex:
@@ -123,6 +190,8 @@ class EmbeddingIndex:
 
     def search_records(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine: (scores (Q, k), record numbers (Q, k)) into `labels` and `paths`; -1 is no hit."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k (matches per query) must be a positive integer, got {k!r}")
         if len(self) == 0:
             raise ValueError("search on an empty index")
         return self.index.search(_normalised(queries, self.dim), k)
@@ -143,11 +212,14 @@ class EmbeddingIndex:
             (tmp / "meta.json").write_text(json.dumps(meta))
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
-            if path.exists():  # swap: the old directory moves aside only once the new one is complete
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-                os.replace(path, old / "index")
-                os.replace(tmp, path)
-                shutil.rmtree(old)
+            if path.exists():  # swap only once the new directory is complete
+                if _exchange(tmp, path):  # one atomic step: readers see the old or the new index
+                    shutil.rmtree(tmp)
+                else:  # two renames; a crash between them leaves the old index aside, which `load` restores
+                    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+                    os.replace(path, old / "index")
+                    os.replace(tmp, path)
+                    shutil.rmtree(old)
             else:
                 os.replace(tmp, path)
         finally:
@@ -156,17 +228,29 @@ class EmbeddingIndex:
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbeddingIndex:
         path = Path(path)
+        _restore_after_interrupted_swap(path)
         parts = [path / "meta.json", path / "index.faiss", path / "labels.npy"]
         missing = [p.name for p in parts if not p.is_file()]
         if missing:
             raise IndexFormatError(f"{path}: not a saved EmbeddingIndex (missing {', '.join(missing)})")
-        meta = json.loads(parts[0].read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise IndexFormatError(f"{path}: format version {meta.get('format_version')}, "
-                                   f"this code reads {FORMAT_VERSION}")
-        loaded = cls(meta["dim"], kind=meta["kind"], **meta["params"])
-        loaded.index = faiss.read_index(str(parts[1]))
-        loaded.labels = np.load(parts[2], allow_pickle=False)
+        meta = _read_meta(parts[0])
+        loaded = cls(meta["dim"], kind=meta["kind"])  # built with defaults: the file's index replaces it
+        loaded.params.update(meta["params"])
+        try:
+            loaded.index = faiss.read_index(str(parts[1]))
+        except Exception as err:  # faiss raises RuntimeError with a C++ trace for garbage or truncation
+            first_line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise IndexFormatError(f"{parts[1]}: not a readable FAISS index ({first_line})") from None
+        try:
+            labels = np.load(parts[2], allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise IndexFormatError(f"{parts[2]}: not a readable .npy array of labels ({err})") from None
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise IndexFormatError(f"{parts[2]}: labels must be a 1-D integer array, got {labels.dtype} "
+                                   f"of shape {labels.shape}")
+        if labels.size and labels.min() < 0:
+            raise IndexFormatError(f"{parts[2]}: negative label {int(labels.min())}")
+        loaded.labels = labels.astype(np.int64, copy=False)
         loaded.paths = meta["paths"]
         counts = {"meta.json": meta["count"], "index.faiss": loaded.index.ntotal,
                   "labels.npy": len(loaded.labels)}
@@ -175,5 +259,9 @@ class EmbeddingIndex:
         if len(set(counts.values())) != 1 or loaded.index.d != loaded.dim:
             raise IndexFormatError(f"{path}: parts disagree: counts {counts}, "
                                    f"dim {loaded.index.d} in index.faiss vs {loaded.dim} in meta.json")
+        expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVF, "hnsw": faiss.IndexHNSW}[loaded.kind]
+        if not isinstance(loaded.index, expected):
+            raise IndexFormatError(f"{parts[1]}: holds a {type(loaded.index).__name__}, but meta.json says "
+                                   f"kind {loaded.kind!r}")
         loaded.set_search_params(nprobe=loaded.params["nprobe"], ef_search=loaded.params["ef_search"])
         return loaded

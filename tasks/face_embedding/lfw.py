@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tasks.common.io import write_text_atomic
 
+MAX_DIGITS = 12  # an image number or count longer than this is garbage, not a count
+
 
 class PairsFormatError(ValueError):
     """A malformed pairs file; the message names the file and line."""
@@ -45,7 +47,7 @@ class Pair:
 
 
 def _number(token: str, path: Path, line_no: int) -> int:
-    if not token.isdigit() or int(token) < 1:
+    if not (token.isascii() and token.isdigit()) or len(token) > MAX_DIGITS or int(token) < 1:
         raise PairsFormatError(f"{path}:{line_no}: image number must be a positive integer, got {token!r}")
     return int(token)
 
@@ -53,12 +55,23 @@ def _number(token: str, path: Path, line_no: int) -> int:
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
     """Parse a pairs file: header `<folds> <n>`, then per fold n matched and n mismatched lines."""
     path = Path(path)
-    lines = [(no, line.split()) for no, line in enumerate(path.read_text().splitlines(), start=1)]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pairs file not found")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = raw[: err.start].count(b"\n") + 1
+        raise PairsFormatError(f"{path}:{line_no}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                               "re-encode the file as UTF-8") from None
+    lines = [(no, line.split()) for no, line in enumerate(text.splitlines(), start=1)]
     lines = [(no, fields) for no, fields in lines if fields]
     if not lines:
         raise PairsFormatError(f"{path}: empty pairs file")
     header_no, header = lines[0]
-    if len(header) != 2 or not all(h.isdigit() and int(h) > 0 for h in header):
+    if len(header) != 2 or not all(
+        h.isascii() and h.isdigit() and len(h) <= MAX_DIGITS and int(h) > 0 for h in header
+    ):
         raise PairsFormatError(f"{path}:{header_no}: header must be '<folds> <pairs per half>', got {header}")
     folds, per_half = int(header[0]), int(header[1])
     body = lines[1:]

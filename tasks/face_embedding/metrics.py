@@ -98,6 +98,7 @@ class EvalSet:
         metrics = {
             "lfw_accuracy": accuracy["mean"],
             "lfw_accuracy_std": accuracy["std"],
+            "lfw_threshold": _best_threshold(scores, self.is_same),  # tuned on every pair: `serve`'s default
             "val_at_far": val["val"],
             "far": val["far"],
         }

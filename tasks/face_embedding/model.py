@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ from torch import nn
 
 from backbone import MobileNetV1
 from tasks.common.config import BackboneConfig, as_dataclass
+from tasks.common.io import read_checkpoint
 from tasks.common.teacher import LoadedTeacherModel, TeacherConfig
 
 EMBEDDER_PREFIX = "embedder."  # where FaceEmbeddingModule keeps the embedder in its state dict
@@ -84,15 +84,7 @@ def load_embedder(
     arguments override what the checkpoint says. The backbone's own `weights` file is not reloaded:
     the state dict already holds every weight.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a file that is not a torch save
-        raise ValueError(f"{path}: not a loadable torch checkpoint ({err})") from err
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(saved).__name__}")
+    saved = read_checkpoint(path)
     if "state_dict" in saved:  # Lightning
         hparams = saved.get("hyper_parameters", {})
         data_hparams = saved.get("datamodule_hyper_parameters", {})

@@ -6,6 +6,7 @@ Dogs' official lists and boxes, and the DataModule that picks a data set and its
 
 from __future__ import annotations
 
+import itertools
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -60,6 +61,11 @@ class StanfordDogs(LabelledImages):
             _read_split_list(self.root / "lists" / f"{split}_list.mat")
         ):
             folder = relative.split("/")[0]
+            if label >= len(folders):
+                raise ValueError(
+                    f"{self.root / 'lists' / f'{split}_list.mat'}: record {record} ({relative}) has label "
+                    f"{label + 1}, beyond the {len(folders)} classes of train_list.mat"
+                )
             if folders[label] != folder:
                 raise ValueError(
                     f"{self.root / 'lists' / f'{split}_list.mat'}: record {record} ({relative}) has label "
@@ -98,9 +104,13 @@ def stanford_dogs_folders(root: str | os.PathLike) -> list[str]:
                 f"{path}: record {record} puts {folder} under label {label + 1}, "
                 f"already used by {folders[label]}"
             )
-    if sorted(folders) != list(range(len(folders))):
-        missing = sorted(set(range(max(folders) + 1)) - set(folders))
-        raise ValueError(f"{path}: labels {[m + 1 for m in missing]} have no image")
+    if max(folders) != len(folders) - 1:  # labels are 0..max, so a gap means max >= len (no huge range)
+        gaps = itertools.filterfalse(folders.__contains__, itertools.count())
+        missing = [m + 1 for m in itertools.islice(gaps, 10)]
+        raise ValueError(
+            f"{path}: labels run to {max(folders) + 1} but only {len(folders)} have images; "
+            f"labels {missing}{' ...' if max(folders) + 1 - len(folders) > 10 else ''} have no image"
+        )
     return [folders[label] for label in range(len(folders))]
 
 
@@ -113,32 +123,48 @@ def _read_split_list(path: Path) -> list[tuple[str, int]]:
         )
     try:
         mat = scipy.io.loadmat(path)
-    except (ValueError, OSError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable MATLAB file ({err})") from err
+    except Exception as err:  # scipy raises MatReadError, ValueError, OSError, TypeError... on non-MAT bytes
+        raise ValueError(f"{path}: not a readable MATLAB file ({type(err).__name__}: {err})") from err
     for key in ("file_list", "labels"):
         if key not in mat:
             raise ValueError(
                 f"{path}: missing key {key!r} (has {sorted(k for k in mat if not k.startswith('__'))})"
             )
-    files = [_mat_string(entry) for entry in mat["file_list"].ravel()]
+    if not isinstance(mat["file_list"], np.ndarray) or not isinstance(mat["labels"], np.ndarray):
+        raise ValueError(f"{path}: file_list and labels must be MATLAB arrays")
+    files = [_mat_string(entry, path, record) for record, entry in enumerate(mat["file_list"].ravel())]
     labels = np.asarray(mat["labels"]).ravel()
     if len(files) != len(labels):
         raise ValueError(f"{path}: {len(files)} files but {len(labels)} labels")
+    if not files:
+        raise ValueError(f"{path}: the split list is empty (no file_list entries)")
+    if labels.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: labels are {labels.dtype} values, not numbers (1-based integers)")
     records = []
     for record, (relative, label) in enumerate(zip(files, labels, strict=True)):
-        if label != int(label) or label < 1:
+        if not np.isfinite(label) or label != int(label) or label < 1:
             raise ValueError(
                 f"{path}: record {record} ({relative}) has label {label}; labels are 1-based integers"
+            )
+        if not relative or relative.startswith("/") or ".." in relative.split("/") or "/" not in relative:
+            raise ValueError(
+                f"{path}: record {record} has file {relative!r}; expected '<wnid>-<breed>/<file>.jpg' "
+                "relative to Images/"
             )
         records.append((relative, int(label) - 1))
     return records
 
 
-def _mat_string(entry) -> str:
+def _mat_string(entry, path: Path, record: int) -> str:
     """A MATLAB cell entry, a (1,)-array of str nested in object arrays, as a plain str."""
     while isinstance(entry, np.ndarray):
+        if entry.size == 0:
+            raise ValueError(f"{path}: record {record} of file_list is empty")
         entry = entry.ravel()[0]
-    return str(entry)
+    if not isinstance(entry, str):
+        kind = type(entry).__name__
+        raise ValueError(f"{path}: record {record} of file_list is {kind} {entry!r:.80}, not a path")
+    return entry
 
 
 def read_boxes(path: str | os.PathLike) -> list[Box]:
@@ -262,7 +288,10 @@ class FineGrainedDataModule(TaskDataModule):
             return StanfordDogs(
                 self.root, "train" if train else "test", transform=transform, crop_to_box=self.crop_to_box
             )
-        return ImageFolderDataset(Path(self.root) / ("train" if train else "val"), transform=transform)
+        # every split is labelled by the training split's classes (a val/ lacking one must not shift labels)
+        return ImageFolderDataset(
+            Path(self.root) / ("train" if train else "val"), transform=transform, classes=self.class_names
+        )
 
     def setup(self, stage: str | None = None) -> None:
         predict = () if self.predict_root is not None else ("val",)

@@ -1,0 +1,233 @@
+"""Deployment speed: every runtime of the backbone and of each task model, timed side by side in one process.
+
+Candidates: timm's `mobilenetv1_100` in eager PyTorch (the reference every ratio is taken to), ours in
+eager PyTorch (NCHW), ours channels-last with BatchNorm folded, `torch.compile` (with `--compile`;
+inductor's compile takes minutes on 2 cores), ONNX Runtime fp32 and ONNX Runtime static int8 (QDQ,
+per-channel; `tasks.deploy` / `backbone.export.quantize_int8`). Each model is timed at batch 1 and 32
+and at 1 and 2 threads; rounds are interleaved across candidates so a change in machine load hits
+all of them alike, and the figure is the median call time. A 1024^3 fp32 matmul probe, timed in the
+same rounds, gives the machine's practical peak, and each candidate's share of it is
+`2 x mult-adds / time / peak`.
+
+Task models are the recipes' networks at the recipes' sizes (fine-grained α 0.25 at 64 px, SSD α 0.25
+at 192 px, face embedder α 0.25 at 80 px, flip test included): trained checkpoints with
+`--checkpoint-finegrained` and friends, otherwise random weights with BatchNorm statistics calibrated
+on random images (a fresh BN is the identity, activations turn denormal and the CPU crawls, which
+would time denormals, not networks). timm has no task models: their ratios are to our eager model.
+
+    flock /tmp/mobilenets-cpu.lock python benchmarks/deploy_speed.py --json deploy_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from backbone import mobilenet_v1
+from backbone.complexity import format_table, profile
+from backbone.export import export_onnx, fuse_for_inference, onnx_session, quantize_int8, synthetic_inputs
+
+TIMM = "timm eager fp32"
+OURS = "ours eager fp32"
+RUNTIMES = (TIMM, OURS, "ours channels-last, BN folded", "torch.compile", "ORT fp32", "ORT int8")
+
+
+def calibrate_batchnorm(model: nn.Module, size: int, forward: Callable | None = None) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        for seed in range(2):
+            x = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(seed))
+            (forward or model)(x)
+    return model.eval()
+
+
+def task_networks(args) -> dict[str, tuple[nn.Module, int, list[str]]]:
+    """name -> (network as exported, input size, output names) for each task model asked for."""
+    from tasks import deploy
+
+    networks = {}
+    for task in args.tasks:
+        checkpoint = getattr(args, f"checkpoint_{task.replace('-', '_')}")
+        if checkpoint:
+            saved = deploy.read_checkpoint(checkpoint)
+            target = deploy.recognise_task(saved, checkpoint)
+            module = deploy.load_task_module(saved, target, checkpoint)
+            data = saved.get("datamodule_hyper_parameters") or {}
+            exportable = deploy.EXPORTABLES[target.task](module, data, checkpoint)
+        else:
+            exportable = random_task(task)
+        networks[task] = (exportable.network.eval(), exportable.image_size, exportable.output_names)
+    return networks
+
+
+def random_task(task: str):
+    from tasks import deploy
+
+    backbone = {"width_mult": 0.25}
+    if task == "finegrained":
+        from tasks.finegrained.module import FineGrainedModule
+
+        module = FineGrainedModule(num_classes=24, backbone=backbone)
+        calibrate_batchnorm(module, 64)
+        return deploy._finegrained(module, {"image_size": 64}, "random")
+    if task == "detection":
+        from tasks.detection.module import DetectionModule
+
+        module = DetectionModule(num_classes=5, image_size=192, backbone=backbone)
+        calibrate_batchnorm(module, 192, module.detector.backbone)
+        return deploy._detection(module, {"image_size": 192}, "random")
+    from tasks.face_embedding.module import FaceEmbeddingModule
+
+    module = FaceEmbeddingModule(embedding_dim=128, backbone=backbone)
+    calibrate_batchnorm(module, 80)
+    return deploy._face(module, {"image_size": 80}, "random")
+
+
+def eager(model: nn.Module, channels_last: bool) -> Callable[[torch.Tensor], object]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+
+    def run(x: torch.Tensor) -> object:
+        with torch.inference_mode():
+            return model(x.contiguous(memory_format=memory_format))
+
+    return run
+
+
+def compiled(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], object]:
+    model = torch.compile(fuse_for_inference(model), dynamic=False)
+    with torch.inference_mode():
+        model(x)  # compile now, outside the timed rounds
+    return eager(model, channels_last=False)
+
+
+def ort(path: Path, threads: int) -> Callable[[torch.Tensor], object]:
+    session = onnx_session(path, threads=threads)
+    cache: dict[int, np.ndarray] = {}
+
+    def run(x: torch.Tensor) -> object:
+        array = cache.get(id(x))
+        if array is None:
+            array = cache[id(x)] = x.numpy()
+        return session.run(None, {"images": array})
+
+    return run
+
+
+def matmul_probe() -> Callable[[torch.Tensor], object]:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    return lambda _x: torch.mm(a, b)
+
+
+def time_interleaved(runners: dict, x: torch.Tensor, *, rounds: int, calls: int) -> dict[str, float]:
+    for run in runners.values():
+        run(x)
+        run(x)
+    times: dict[str, list[float]] = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                run(x)
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tasks", nargs="*", default=["finegrained", "detection", "face-embedding"],
+                        choices=["finegrained", "detection", "face-embedding"])  # fmt: skip
+    for task in ("finegrained", "detection", "face_embedding"):
+        parser.add_argument(f"--checkpoint-{task.replace('_', '-')}", dest=f"checkpoint_{task}")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    parser.add_argument("--models", nargs="*", help="time only these (e.g. 'backbone 1.0-224')")
+    parser.add_argument("--calibration-images", type=int, default=64)
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    args = parser.parse_args()
+
+    import timm
+
+    backbone = calibrate_batchnorm(mobilenet_v1(), 224)
+    models: dict[str, tuple[nn.Module, int, list[str]]] = {"backbone 1.0-224": (backbone, 224, ["logits"])}
+    models |= task_networks(args)
+    if args.models:
+        models = {name: value for name, value in models.items() if name in args.models}
+    timm_model = calibrate_batchnorm(timm.create_model("mobilenetv1_100", pretrained=False), 224)
+
+    results, rows, compiled_models = [], [], {}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        files = {}
+        for name, (network, size, outputs) in models.items():
+            stem = name.replace(" ", "_")
+            fp32 = export_onnx(network, folder / f"{stem}.onnx", resolution=size, output_names=outputs)
+            calibration = synthetic_inputs(args.calibration_images, size)
+            files[name] = (fp32, quantize_int8(fp32, folder / f"{stem}-int8.onnx", calibration))
+        peak_macs = {name: profile(network, torch.zeros(1, 3, size, size)).mult_adds
+                     for name, (network, size, _) in models.items()}  # fmt: skip
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for name, (network, size, _) in models.items():
+                fp32, int8 = files[name]
+                for batch in args.batches:
+                    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+                    x = x.clamp(-1, 1)
+                    runners = {"matmul probe": matmul_probe()}
+                    if name.startswith("backbone"):
+                        runners[TIMM] = eager(timm_model, channels_last=False)
+                    runners[OURS] = eager(network, channels_last=False)
+                    # every conv+BN+ReLU6 block, the SSD's extra layers too (the face head's BN1d stays)
+                    runners["ours channels-last, BN folded"] = eager(fuse_for_inference(network), True)
+                    if args.compile and (name, batch) not in compiled_models:  # once per shape
+                        compiled_models[name, batch] = compiled(network, x)
+                    if args.compile:
+                        runners["torch.compile"] = compiled_models[name, batch]
+                    runners["ORT fp32"] = ort(fp32, threads)
+                    runners["ORT int8"] = ort(int8, threads)
+                    calls = max(1, 16 // batch)
+                    seconds = time_interleaved(runners, x, rounds=args.rounds, calls=calls)
+                    peak = 2 * 1024**3 / seconds.pop("matmul probe")  # FLOP/s
+                    reference = seconds.get(TIMM, seconds[OURS])
+                    for runtime, t in seconds.items():
+                        share = 2 * peak_macs[name] * batch / t / peak
+                        record = {"model": name, "runtime": runtime, "threads": threads, "batch": batch,
+                                  "ms_per_image": 1000 * t / batch, "speedup": reference / t,
+                                  "peak_share": share, "peak_gflops": peak / 1e9}  # fmt: skip
+                        results.append(record)
+                        rows.append((name, runtime, threads, batch, f"{record['ms_per_image']:.2f}",
+                                     f"{record['speedup']:.2f}x", f"{100 * share:.0f} %"))  # fmt: skip
+                    print(f"  {name}, {threads} thread(s), batch {batch}: done", flush=True)
+    print("speedup = time of timm eager fp32 (task models: of ours eager) / time; "
+          "peak = share of the fp32 matmul probe's FLOP/s")  # fmt: skip
+    print(format_table(("model", "runtime", "threads", "batch", "ms/image", "speedup", "peak"), rows, left=2))
+    by = {(r["model"], r["runtime"], r["threads"], r["batch"]): r for r in results}
+    key = ("backbone 1.0-224", "ORT int8", 1, 1)
+    if key in by:
+        int8 = by[key]["ms_per_image"]
+        timm_ms = by[("backbone 1.0-224", TIMM, 1, 1)]["ms_per_image"]
+        ort_ms = by[("backbone 1.0-224", "ORT fp32", 1, 1)]["ms_per_image"]
+        print(f"\nmust show (backbone 1.0-224, batch 1, 1 thread): ORT int8 {int8:.2f} ms = "
+              f"{timm_ms / int8:.2f}x timm eager fp32 ({timm_ms:.2f} ms; need >= 4.5x) and "
+              f"{ort_ms / int8:.2f}x ORT fp32 ({ort_ms:.2f} ms; need >= 2x)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Peak memory of the detection data module on a COCO-sized annotation file (issue 16: must stay < 2 GiB).
+
+Writes an instances file of `--images` images and `--boxes` boxes (streamed to disk, so building it
+costs no memory here), then in a fresh process builds `CocoDataModule` on it (JSON parse, validation,
+pycocotools index, the flat arrays) and iterates `--batches` training batches with `--workers`
+loader workers. Images are a few tiny PNGs that every record points at, so the run measures the
+annotation side, not decoding. Reports peak resident memory (VmHWM) of the main process after
+set-up and after iterating, and of each worker.
+
+    python benchmarks/memory_coco.py --images 200000 --boxes 1500000 --batches 200 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIDE = 32  # pixels of every tiny image (and of every record's width/height)
+TINY_IMAGES = 50
+LIMIT_GIB = 2.0
+
+
+def write_annotations(path: Path, *, images: int, boxes: int, seed: int) -> None:
+    """A valid COCO instances file, written record by record."""
+    rng = np.random.default_rng(seed)
+    image_of_box = np.sort(rng.integers(1, images + 1, boxes))
+    wh = rng.integers(2, 16, (boxes, 2))
+    xy = rng.integers(0, SIDE - 16, (boxes, 2))
+    cats = rng.integers(1, 81, boxes)
+    with open(path, "w") as out:
+        out.write('{"categories": [')
+        out.write(", ".join(json.dumps({"id": c, "name": f"class{c}"}) for c in range(1, 81)))
+        out.write('], "images": [')
+        for start in range(0, images, 10_000):
+            if start:
+                out.write(", ")
+            out.write(", ".join(
+                f'{{"id": {i}, "file_name": "tiny{i % TINY_IMAGES}.png", "width": {SIDE}, "height": {SIDE}}}'
+                for i in range(start + 1, min(start + 10_000, images) + 1)
+            ))  # fmt: skip
+        out.write('], "annotations": [')
+        for start in range(0, boxes, 50_000):
+            stop = min(start + 50_000, boxes)
+            if start:
+                out.write(", ")
+            out.write(", ".join(
+                f'{{"id": {k + 1}, "image_id": {image_of_box[k]}, "category_id": {cats[k]}, '
+                f'"bbox": [{xy[k, 0]}, {xy[k, 1]}, {wh[k, 0]}, {wh[k, 1]}], "area": {wh[k, 0] * wh[k, 1]}, '
+                '"iscrowd": 0}'
+                for k in range(start, stop)
+            ))  # fmt: skip
+        out.write("]}")
+
+
+def peak_rss_mib(pid: int | str = "self") -> float:
+    """VmHWM (peak resident set) of a process from /proc, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for {pid}")
+
+
+def measure(root: Path, annotations: Path, *, batches: int, workers: int) -> dict:
+    """In this (fresh) process: build the data module, iterate, report peaks."""
+    import torch
+
+    from tasks.detection.data import CocoDataModule
+
+    torch.set_num_threads(2)
+    start_rss = peak_rss_mib()
+    started = time.perf_counter()
+    data = CocoDataModule(
+        train_images=str(root), train_annotations=str(annotations), val_images=str(root),
+        val_annotations=str(root / "val.json"), image_size=64, batch_size=32, num_workers=workers,
+    )  # fmt: skip
+    data.setup("fit")
+    setup_s = time.perf_counter() - started
+    after_setup = peak_rss_mib()
+    loader = data.train_dataloader()
+    iterator = iter(loader)
+    seen = boxes = 0
+    started = time.perf_counter()
+    for _ in range(batches):
+        images, targets = next(iterator)
+        seen += len(images)
+        boxes += sum(len(t["boxes"]) for t in targets)
+    iterate_s = time.perf_counter() - started
+    worker_peaks = [peak_rss_mib(w.pid) for w in getattr(iterator, "_workers", [])]
+    return {
+        "train_images": len(data.train_set), "train_boxes": int(len(data.train_set._boxes)),
+        "rss_at_start_mib": round(start_rss), "peak_rss_after_setup_mib": round(after_setup),
+        "peak_rss_after_iterating_mib": round(peak_rss_mib()),
+        "worker_peak_rss_mib": [round(p) for p in worker_peaks],
+        "setup_s": round(setup_s, 1), "iterated_images": seen, "iterated_boxes": boxes,
+        "iterate_s": round(iterate_s, 1),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200_000)
+    parser.add_argument("--boxes", type=int, default=1_500_000)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: the measuring child
+    args = parser.parse_args(argv)
+    if args.measure is not None:
+        print(json.dumps(measure(args.measure, args.measure / "train.json", batches=args.batches,
+                                 workers=args.workers)))  # fmt: skip
+        return 0
+
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="memory-coco-") as tmp:
+        root = Path(tmp)
+        for i in range(TINY_IMAGES):
+            Image.new("RGB", (SIDE, SIDE), (5 * i, 100, 200)).save(root / f"tiny{i}.png")
+        started = time.perf_counter()
+        write_annotations(root / "train.json", images=args.images, boxes=args.boxes, seed=args.seed)
+        write_annotations(root / "val.json", images=100, boxes=500, seed=args.seed + 1)
+        size_mib = (root / "train.json").stat().st_size / 2**20
+        print(f"wrote {args.images} images / {args.boxes} boxes: {size_mib:.0f} MiB of JSON "
+              f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
+        child = subprocess.run(
+            [sys.executable, __file__, "--measure", str(root), "--batches", str(args.batches),
+             "--workers", str(args.workers)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    for key, value in report.items():
+        print(f"{key:>30}: {value}")
+    peak = max([report["peak_rss_after_iterating_mib"], *report["worker_peak_rss_mib"]])
+    verdict = "OK" if peak < LIMIT_GIB * 1024 else "OVER"
+    print(f"peak resident memory of any process: {peak} MiB ({verdict}: limit {LIMIT_GIB:.0f} GiB)")
+    return 0 if verdict == "OK" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
