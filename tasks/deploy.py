@@ -513,11 +513,32 @@ def attach_runtime(
     int8 calibrated on 256 images of the recipe's synthetic generator). The exported model must be
     of the module's task and, when given as a file, of the requested precision.
     """
+    target = task_of_module(module) if runtime != "torch" else None
+    deployed = load_runtime(runtime, target.task if target else "", model=model, ckpt_path=ckpt_path,
+                            out_dir=out_dir, threads=threads)
+    if deployed is None:
+        return None
+    network = getattr(module, target.network)
+    network.forward = deployed  # nn.Module.__call__ dispatches to the instance attribute
+    module.deployed_model = deployed
+    return deployed
+
+
+def load_runtime(
+    runtime: str,
+    task: str,
+    *,
+    model: str | os.PathLike | None = None,
+    ckpt_path: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> OnnxModel | None:
+    """The exported `task` model `--runtime` asks for (None for "torch"): `model`, or `ckpt_path`
+    exported into `out_dir` first; checked to be of that task and precision."""
     if runtime not in RUNTIMES:
         raise DeployError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "torch":
         return None
-    target = task_of_module(module)
     int8 = runtime == "onnx-int8"
     if model is None:
         if ckpt_path is None:
@@ -528,14 +549,11 @@ def attach_runtime(
                             int8=int8, calibration_synthetic=256 if int8 else None)  # fmt: skip
         print(f"exported {ckpt_path} to {model}")
     deployed = load_deployed(model, threads=threads)
-    if deployed.task != target.task:
-        raise DeployError(f"{model}: a {deployed.task} model, but this is `mobilenets {target.task}`")
+    if deployed.task != task:
+        raise DeployError(f"{model}: a {deployed.task} model, but this is `mobilenets {task}`")
     if deployed.int8 != int8:
         raise DeployError(f"{model}: an {'int8' if deployed.int8 else 'fp32'} model, but --runtime is "
                           f"{runtime}")  # fmt: skip
-    network = getattr(module, target.network)
-    network.forward = deployed  # nn.Module.__call__ dispatches to the instance attribute
-    module.deployed_model = deployed
     return deployed
 
 

@@ -36,8 +36,10 @@ def save_checkpoint(path, *, seed: int) -> None:
     torch.save(
         {
             "state_dict": {f"embedder.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"backbone": {"width_mult": 0.25}, "embedding_dim": 16},
+            "hyper_parameters": {"backbone": {"width_mult": 0.25}, "embedding_dim": 16, "mode": "triplet",
+                                 "margin": 0.2},
             "datamodule_hyper_parameters": {"image_size": SIZE},
+            "backbone_prefix": "embedder.backbone.",
         },
         path,
     )

@@ -288,3 +288,25 @@ def test_concurrent_searches_during_enrolment_never_fail(built, index_dir):
     assert failures == [] and searches >= 80
     assert len(gallery) == 14 and len(FaceGallery(index_dir)) == 14  # all six were saved
     assert read_image(gallery.index.paths[-1]).shape == (SIZE, SIZE, 3)
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
+def test_serving_on_onnx_runtime_finds_the_same_people(built, index_dir, runtime):
+    """`serve --runtime onnx|onnx-int8` exports the checkpoint beside the index and embeds with it:
+    fp32 gives PyTorch's scores; int8 keeps the ranking of this small gallery's top match."""
+    pytest.importorskip("onnxruntime")
+    query = (built / "gallery" / "synth_000002" / "synth_000002_0002.jpg").read_bytes()
+    torch_hits = search(make_client(index_dir), query).json()["matches"]
+    gallery = FaceGallery(index_dir, runtime=runtime)
+    assert gallery.describe()["model"].endswith(f"({runtime})")
+    client = TestClient(create_app(gallery, threshold=Threshold(0.5, "test", True), token=TOKEN,
+                                   max_upload_bytes=LIMIT))
+    onnx_hits = search(client, query).json()["matches"]
+    assert onnx_hits[0]["record"] == torch_hits[0]["record"]
+    if runtime == "onnx":
+        assert [h["record"] for h in onnx_hits] == [h["record"] for h in torch_hits]
+        scores = [h["score"] for h in onnx_hits], [h["score"] for h in torch_hits]
+        np.testing.assert_allclose(*scores, atol=1e-4)
+        exported = index_dir.with_name("index-onnx") / "model.onnx"
+        with pytest.raises(ValueError, match="fp32 model, but --runtime is onnx-int8"):
+            FaceGallery(index_dir, runtime="onnx-int8", model_file=exported)

@@ -48,7 +48,7 @@ class CpuThreads(pl.Callback):
             torch.set_num_threads(self._before)
             self._before = None
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, err: BaseException) -> None:
         self.teardown(trainer, pl_module, "exception")  # Lightning skips `teardown` for a run that raised
 
 

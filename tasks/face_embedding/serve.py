@@ -231,12 +231,17 @@ def main_serve(argv: list[str]) -> int:
     parser.add_argument("--metrics", help="a test run's test_metrics.json whose lfw_threshold is the default")
     parser.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted image file")
     parser.add_argument("--enrol-dir", help="where enrolled photos are kept (default: INDEX-enrolled)")
+    parser.add_argument("--runtime", choices=("torch", "onnx", "onnx-int8"), default="torch",
+                        help="embed with PyTorch, or on ONNX Runtime (fp32 or int8)")
+    parser.add_argument("--model", help="an exported embedder (`mobilenets export --checkpoint`); without "
+                        "it, --runtime onnx* exports the checkpoint beside the index first")
     args = parser.parse_args(argv)
     if args.max_upload_mb <= 0:
         parser.error(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     token = args.token or os.environ.get(TOKEN_ENV) or None
     try:
-        gallery = FaceGallery(args.index, weights=args.weights, enrol_dir=args.enrol_dir)
+        gallery = FaceGallery(args.index, weights=args.weights, enrol_dir=args.enrol_dir,
+                              runtime=args.runtime, model_file=args.model)
         threshold = resolve_threshold(args.threshold, args.metrics, gallery.index_dir, gallery.weights)
     except (IndexFormatError, FileNotFoundError, ValueError) as err:
         print(f"mobilenets face-embedding serve: {err}", file=sys.stderr)

@@ -49,7 +49,8 @@ class FaceGallery:
     """An index with its embedder and identity names, searched and enrolled into by many threads."""
 
     def __init__(self, index_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None,
-                 enrol_dir: str | os.PathLike | None = None) -> None:
+                 enrol_dir: str | os.PathLike | None = None, runtime: str = "torch",
+                 model_file: str | os.PathLike | None = None) -> None:
         self.index_dir = Path(index_dir)
         self._load()
         self.weights = Path(weights or self.info.weights)
@@ -58,10 +59,27 @@ class FaceGallery:
             raise ValueError(f"{self.weights}: {loaded.model.embedding_dim}-D embeddings, but "
                              f"{self.index_dir} holds {self.info.embedding_dim}-D ones")
         self.model = loaded.model.eval()
+        self.runtime = runtime
+        if runtime != "torch":
+            self._deploy(runtime, model_file)
         self.enrol_dir = Path(enrol_dir or self.index_dir.with_name(f"{self.index_dir.name}-enrolled"))
         self.lock = threading.Lock()
         self._forward_lock = threading.Lock()
         self.thumbnail = lru_cache(maxsize=1024)(self._thumbnail)  # records are only ever appended
+
+    def _deploy(self, runtime: str, model_file: str | os.PathLike | None) -> None:
+        """Embed on ONNX Runtime: `model_file`, or the checkpoint exported beside the index first."""
+        from tasks.deploy import load_runtime  # onnxruntime is the optional `deploy` extra
+
+        out_dir = self.index_dir.with_name(f"{self.index_dir.name}-{runtime}")
+        deployed = load_runtime(runtime, "face-embedding", model=model_file, ckpt_path=self.weights,
+                                out_dir=out_dir)
+        found, wanted = (deployed.embedding_dim, deployed.image_size), (self.info.embedding_dim,
+                                                                        self.info.image_size)
+        if found != wanted:
+            raise ValueError(f"{deployed.path}: embeds {found[0]}-D at {found[1]} px, but {self.index_dir} "
+                             f"was built with {wanted[0]}-D at {wanted[1]} px")
+        self.model.forward = deployed  # embed_images calls the module; its forward now runs ORT
 
     def _load(self) -> None:
         self.info, self.index = IndexInfo.load(self.index_dir), EmbeddingIndex.load(self.index_dir)
@@ -134,9 +152,10 @@ class FaceGallery:
                     for label, name in enumerate(self.info.identities) if counts[label]]
 
     def describe(self) -> dict:
+        model = "/".join(self.weights.parts[-3:]) + ("" if self.runtime == "torch" else f" ({self.runtime})")
         with self.lock:
             return {"index_size": len(self.index), "identities": int(len(np.unique(self.index.labels))),
-                    "index_kind": self.index.kind, "model": "/".join(self.weights.parts[-3:]),
+                    "index_kind": self.index.kind, "model": model,
                     "embedding_dim": self.info.embedding_dim, "image_size": self.info.image_size}
 
 
