@@ -5,9 +5,7 @@ PyTorch eager in NCHW and in channels-last memory format, ours also with BatchNo
 convs, and ONNX Runtime (ours and timm's, exported the same way). Rounds are interleaved across the
 candidates so a change in machine load hits all of them alike; the figure is the median call time.
 
-BatchNorm statistics are calibrated on random images first: a freshly initialised BN is the
-identity, activations then shrink to denormal floats, and the CPU slows down by 10-50x on them,
-which would time the arithmetic of denormals, not the networks.
+BatchNorm statistics are calibrated on random images first (see `timing.py`).
 
     python benchmarks/backbone_speed.py --threads 2
 """
@@ -15,46 +13,21 @@ which would time the arithmetic of denormals, not the networks.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import timm
 import torch
 import torchvision
+from timing import Runner, calibrate_batchnorm, eager, time_interleaved  # benchmarks/ is on the path
 from torch import nn
 
 from backbone import mobilenet_v1
 from backbone.complexity import format_table
 from backbone.export import export_onnx, fuse_for_inference, onnx_session, run_onnx
 
-Runner = Callable[[torch.Tensor], object]
 EAGER = ("eager NCHW", "channels-last")
 TIMM = "timm mobilenetv1_100"
-
-
-def calibrate_batchnorm(model: nn.Module, resolution: int) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        for seed in range(2):
-            model(torch.randn(8, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed)))
-    return model.eval()
-
-
-def eager(model: nn.Module, channels_last: bool) -> Runner:
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-
-    def run(x: torch.Tensor) -> object:
-        with torch.inference_mode():
-            return model(x.contiguous(memory_format=memory_format))
-
-    return run
 
 
 def onnxruntime(model: nn.Module, resolution: int, folder: Path, name: str, threads: int) -> Runner:
@@ -78,21 +51,6 @@ def candidates(resolution: int, threads: int, folder: Path) -> dict[tuple[str, s
         ("torchvision mobilenet_v2", "eager NCHW"): eager(tv_v2, channels_last=False),
         ("torchvision mobilenet_v2", "channels-last"): eager(tv_v2, channels_last=True),
     }
-
-
-def time_interleaved(runners: dict, x: torch.Tensor, *, rounds: int, calls: int) -> dict[tuple, float]:
-    """Median seconds per call for each runner, measured in interleaved rounds after a warm-up."""
-    for run in runners.values():
-        run(x)
-        run(x)
-    times: dict[tuple, list[float]] = {key: [] for key in runners}
-    for _ in range(rounds):
-        for key, run in runners.items():
-            for _ in range(calls):
-                start = time.perf_counter()
-                run(x)
-                times[key].append(time.perf_counter() - start)
-    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def main() -> None:

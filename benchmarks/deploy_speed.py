@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import calibrate_batchnorm, eager, time_interleaved  # benchmarks/ is on the path
 from torch import nn
 
 from backbone import mobilenet_v1
@@ -39,18 +38,6 @@ from backbone.export import export_onnx, fuse_for_inference, onnx_session, quant
 TIMM = "timm eager fp32"
 OURS = "ours eager fp32"
 RUNTIMES = (TIMM, OURS, "ours channels-last, BN folded", "torch.compile", "ORT fp32", "ORT int8")
-
-
-def calibrate_batchnorm(model: nn.Module, size: int, forward: Callable | None = None) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        for seed in range(2):
-            x = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(seed))
-            (forward or model)(x)
-    return model.eval()
 
 
 def task_networks(args) -> dict[str, tuple[nn.Module, int, list[str]]]:
@@ -95,17 +82,6 @@ def random_task(task: str):
     return deploy._face(module, {"image_size": 80}, "random")
 
 
-def eager(model: nn.Module, channels_last: bool) -> Callable[[torch.Tensor], object]:
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-
-    def run(x: torch.Tensor) -> object:
-        with torch.inference_mode():
-            return model(x.contiguous(memory_format=memory_format))
-
-    return run
-
-
 def compiled(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], object]:
     model = torch.compile(fuse_for_inference(model), dynamic=False)
     with torch.inference_mode():
@@ -129,20 +105,6 @@ def ort(path: Path, threads: int) -> Callable[[torch.Tensor], object]:
 def matmul_probe() -> Callable[[torch.Tensor], object]:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     return lambda _x: torch.mm(a, b)
-
-
-def time_interleaved(runners: dict, x: torch.Tensor, *, rounds: int, calls: int) -> dict[str, float]:
-    for run in runners.values():
-        run(x)
-        run(x)
-    times: dict[str, list[float]] = {key: [] for key in runners}
-    for _ in range(rounds):
-        for key, run in runners.items():
-            for _ in range(calls):
-                start = time.perf_counter()
-                run(x)
-                times[key].append(time.perf_counter() - start)
-    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def main() -> None:
