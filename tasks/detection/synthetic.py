@@ -16,7 +16,7 @@ from __future__ import annotations
 import colorsys
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -156,52 +156,82 @@ def write_synth_shapes(
         for cat_id, name in zip(CATEGORY_IDS, SHAPES, strict=True)
     ]
     name_to_cat = dict(zip(SHAPES, CATEGORY_IDS, strict=True))
+
+    def render(index: int) -> tuple[Image.Image, list[tuple[list[float], int]]]:
+        image, objects = render_image(seed, index, image_size)
+        return image, [(obj["bbox"], name_to_cat[obj["shape"]]) for obj in objects]
+
+    return write_coco_set(
+        out_dir,
+        render=render,
+        split_of=split_of,
+        categories=categories,
+        description="synth-shapes",
+        marker_file=MARKER_FILE,
+        marker=_marker(images, seed, image_size, val_fraction),
+    )
+
+
+def write_coco_set(
+    out_dir: Path,
+    *,
+    render: Callable[[int], tuple[Image.Image, list[tuple[list[float], int]]]],
+    split_of: dict[int, str],
+    categories: list[dict],
+    description: str,
+    marker_file: str,
+    marker: dict,
+) -> dict[str, Path]:
+    """Render image `i` for every key of `split_of` into `out_dir/<split>/` with COCO annotation files.
+
+    `render(i)` returns the image and its objects as (xywh box, category id). Image ids are unique
+    across splits (index + 1); `area` is the box area. The marker file is removed first and written
+    last, so a crash part-way never leaves a set that looks complete.
+    """
+    splits = sorted(set(split_of.values()))
     datasets = {
         split: {
-            "info": {"description": "synth-shapes", "version": str(FORMAT_VERSION), "year": 2026},
+            "info": {"description": description, "version": str(marker.get("version", 1)), "year": 2026},
             "licenses": [],
             "images": [],
             "annotations": [],
             "categories": categories,
         }
-        for split in SPLITS
+        for split in splits
     }
-    marker = out_dir / MARKER_FILE
-    if (
-        marker.is_file()
-    ):  # an earlier synth-shapes set: unmark it first, so a crash cannot leave it "complete"
-        marker.unlink()
-        for stale in [p for split in SPLITS for p in (out_dir / split).glob("*.jpg")]:
+    marker_path = out_dir / marker_file
+    if marker_path.is_file():  # an earlier generation: unmark it first, so a crash cannot leave it "complete"
+        marker_path.unlink()
+        for stale in [p for split in splits for p in (out_dir / split).glob("*.jpg")]:
             stale.unlink()
-    for split in SPLITS:
+    for split in splits:
         (out_dir / split).mkdir(parents=True, exist_ok=True)
     annotation_id = 1
-    for index in tqdm(range(images), desc="synth-shapes", unit="img"):
+    for index in tqdm(sorted(split_of), desc=description, unit="img"):
         split = split_of[index]
-        image, objects = render_image(seed, index, image_size)
+        image, objects = render(index)
         file_name = f"{index:06d}.jpg"
         with atomic_write(out_dir / split / file_name) as tmp:
             image.save(tmp, format="JPEG", quality=92)
         datasets[split]["images"].append(
-            {"id": index + 1, "file_name": file_name, "height": image_size[0], "width": image_size[1]}
+            {"id": index + 1, "file_name": file_name, "height": image.height, "width": image.width}
         )
-        for obj in objects:
-            x, y, w, h = obj["bbox"]
+        for (x, y, w, h), category_id in objects:
             datasets[split]["annotations"].append(
                 {
                     "id": annotation_id,
                     "image_id": index + 1,
-                    "category_id": name_to_cat[obj["shape"]],
+                    "category_id": category_id,
                     "bbox": [x, y, w, h],
                     "area": w * h,
                     "iscrowd": 0,
                 }
             )
             annotation_id += 1
-    files = {split: out_dir / "annotations" / f"instances_{split}.json" for split in SPLITS}
+    files = {split: out_dir / "annotations" / f"instances_{split}.json" for split in splits}
     for split, path in files.items():
         write_text_atomic(path, json.dumps(datasets[split]))
-    write_text_atomic(marker, json.dumps(_marker(images, seed, image_size, val_fraction)))
+    write_text_atomic(marker_path, json.dumps(marker))
     return files
 
 

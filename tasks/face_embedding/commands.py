@@ -2,12 +2,19 @@
 
     index   --gallery DIR --weights CKPT --out INDEX   embed DIR/<identity>/*.jpg into INDEX (appends)
     search  --index INDEX --query IMAGE [-k 5] [--save-grid PNG]
+    (both, and `serve`: [--runtime torch|onnx|onnx-int8 [--model FILE.onnx]], embed on ONNX Runtime)
     export-embeddings --weights CKPT --out FILE.npz (--images DIR | --synthetic N)   a distillation teacher
 
 An index is an `EmbeddingIndex` directory plus `embedder.json`, which records the weights it was
 built with, their input size and the identity names, so `search` embeds the query with the same
 network and prints names, not label numbers. Appending with other weights is refused: scores from
 two embedders are not comparable.
+
+`--runtime onnx|onnx-int8` embeds with the exported embedder (`mobilenets export --checkpoint`):
+`--model FILE`, or without it the checkpoint exported once beside the index (`INDEX-onnx/`,
+`INDEX-onnx-int8/`, shared with `serve` and reused while the checkpoint is unchanged). The index
+keeps the weights it was built with either way: an int8 embedding is the same network's, within
+quantization noise of the fp32 one, so PyTorch, fp32 and int8 queries search the same index.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.common.io import ImageReadError, read_image, write_text_atomic
 from tasks.face_embedding.data import IdentityFolder, ImageList, KeyedSyntheticFaces, face_eval_transform
@@ -29,10 +37,14 @@ from tasks.face_embedding.inference import (
     export_embeddings,
     read_face_image,
 )
-from tasks.face_embedding.model import load_embedder
+from tasks.face_embedding.model import FaceEmbedder, load_embedder
 from tasks.face_embedding.plots import save_match_grid
 
+if TYPE_CHECKING:
+    from tasks.deploy import OnnxModel
+
 EMBEDDER_FILE = "embedder.json"
+RUNTIMES = ("torch", "onnx", "onnx-int8")  # tasks.deploy.RUNTIMES, without importing onnx to list them
 
 
 @dataclass
@@ -86,6 +98,38 @@ class IndexInfo:
         return self.identities.index(name)
 
 
+def deploy_embedder(
+    model: FaceEmbedder,
+    runtime: str,
+    *,
+    weights: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    model_file: str | os.PathLike | None = None,
+    embedding_dim: int,
+    image_size: int,
+) -> OnnxModel | None:
+    """Make `model` embed on the runtime `--runtime` names (None: PyTorch, left as it is).
+
+    The exported model is `model_file`, or `weights` exported beside the index; either must embed
+    `embedding_dim`-D vectors at `image_size` px, as the index was built.
+    """
+    if runtime == "torch":
+        if model_file is not None:
+            raise ValueError(f"--model {model_file}: an exported model runs with --runtime onnx or onnx-int8")
+        return None
+    from tasks.deploy import load_runtime  # onnxruntime is the optional `deploy` extra
+
+    index_dir = Path(index_dir)
+    deployed = load_runtime(runtime, "face-embedding", model=model_file, ckpt_path=weights,
+                            out_dir=index_dir.with_name(f"{index_dir.name}-{runtime}"))  # fmt: skip
+    found, wanted = (deployed.embedding_dim, deployed.image_size), (embedding_dim, image_size)
+    if found != wanted:
+        raise ValueError(f"{deployed.path}: embeds {found[0]}-D at {found[1]} px, but {index_dir} "
+                         f"was built with {wanted[0]}-D at {wanted[1]} px")  # fmt: skip
+    model.forward = deployed  # embed_dataset / embed_images call the module; its forward now runs ORT
+    return deployed
+
+
 def build_index(
     gallery: str | os.PathLike,
     weights: str | os.PathLike,
@@ -94,6 +138,8 @@ def build_index(
     kind: str = "flat",
     batch_size: int = 128,
     num_workers: int = 0,
+    runtime: str = "torch",
+    model_file: str | os.PathLike | None = None,
 ) -> tuple[int, int]:
     """Embed `gallery/<identity>/*` into the index at `out` (created or appended to); (added, skipped)."""
     out, weights = Path(out), Path(weights).resolve()
@@ -111,6 +157,8 @@ def build_index(
             weights=str(weights), image_size=loaded.image_size, embedding_dim=loaded.model.embedding_dim
         )
         index = EmbeddingIndex(info.embedding_dim, kind=kind)
+    deploy_embedder(loaded.model, runtime, weights=weights, index_dir=out, model_file=model_file,
+                    embedding_dim=info.embedding_dim, image_size=info.image_size)  # fmt: skip
     folder = IdentityFolder(gallery)  # lists <identity>/<image> files; decoding happens below
     root = folder.root.resolve()
     keys = [path.resolve().relative_to(root).as_posix() for path in folder.paths]
@@ -134,7 +182,14 @@ class Match:
     path: str | None
 
 
-def search_index(index_dir: str | os.PathLike, query: str | os.PathLike, *, k: int = 5) -> list[Match]:
+def search_index(
+    index_dir: str | os.PathLike,
+    query: str | os.PathLike,
+    *,
+    k: int = 5,
+    runtime: str = "torch",
+    model_file: str | os.PathLike | None = None,
+) -> list[Match]:
     index_dir = Path(index_dir)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -142,12 +197,23 @@ def search_index(index_dir: str | os.PathLike, query: str | os.PathLike, *, k: i
     info.check_labels(index, index_dir)
     image = read_face_image(query)
     loaded = load_embedder(info.weights, image_size=info.image_size)
+    deploy_embedder(loaded.model, runtime, weights=info.weights, index_dir=index_dir, model_file=model_file,
+                    embedding_dim=info.embedding_dim, image_size=info.image_size)  # fmt: skip
     scores, labels, paths = index.search(embed_images(loaded.model, [image], image_size=info.image_size), k)
     return [
         Match(rank + 1, float(score), info.identities[label], paths[0][rank] if paths else None)
         for rank, (score, label) in enumerate(zip(scores[0], labels[0], strict=True))
         if label >= 0
     ]
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--runtime` and `--model`, as `index`, `search` and `serve` take them."""
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                        help="embed with PyTorch, or on ONNX Runtime (fp32 or int8)")  # fmt: skip
+    parser.add_argument("--model", help="an exported embedder (`mobilenets export --checkpoint`); without "
+                        "it, --runtime onnx* exports the checkpoint beside the index first")  # fmt: skip
+
 
 
 def main_index(argv: list[str]) -> int:
@@ -158,6 +224,7 @@ def main_index(argv: list[str]) -> int:
     parser.add_argument("--kind", choices=KINDS, default="flat", help="FAISS index type of a new index")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=0)
+    add_runtime_arguments(parser)
     args = parser.parse_args(argv)
     try:
         added, skipped = build_index(
@@ -167,8 +234,10 @@ def main_index(argv: list[str]) -> int:
             kind=args.kind,
             batch_size=args.batch_size,
             num_workers=args.num_workers,
+            runtime=args.runtime,
+            model_file=args.model,
         )
-    except IndexFormatError as err:
+    except (IndexFormatError, ValueError, FileNotFoundError) as err:  # bad --model: DeployError
         print(f"mobilenets face-embedding index: {err}", file=sys.stderr)
         return 2
     total = len(EmbeddingIndex.load(args.out))
@@ -185,12 +254,13 @@ def main_search(argv: list[str]) -> int:
     parser.add_argument("--query", required=True, help="a face crop (>= 32 px, aspect ratio <= 2:1)")
     parser.add_argument("-k", type=int, default=5, help="matches to show")
     parser.add_argument("--save-grid", help="PNG with the query and its matches")
+    add_runtime_arguments(parser)
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error(f"-k must be at least 1 (matches to show), got {args.k}")
     try:
-        matches = search_index(args.index, args.query, k=args.k)
-    except (ImageReadError, NotAFaceImageError, IndexFormatError) as err:
+        matches = search_index(args.index, args.query, k=args.k, runtime=args.runtime, model_file=args.model)
+    except (ImageReadError, NotAFaceImageError, IndexFormatError, ValueError, FileNotFoundError) as err:
         print(f"mobilenets face-embedding search: {err}", file=sys.stderr)
         return 2
     for match in matches:

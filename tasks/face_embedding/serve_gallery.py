@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.common.io import ImageReadError, atomic_write, read_image
-from tasks.face_embedding.commands import EMBEDDER_FILE, IndexInfo
+from tasks.face_embedding.commands import EMBEDDER_FILE, IndexInfo, deploy_embedder
 from tasks.face_embedding.index import EmbeddingIndex
 from tasks.face_embedding.inference import embed_images
 from tasks.face_embedding.model import load_embedder
@@ -69,17 +69,9 @@ class FaceGallery:
 
     def _deploy(self, runtime: str, model_file: str | os.PathLike | None) -> None:
         """Embed on ONNX Runtime: `model_file`, or the checkpoint exported beside the index first."""
-        from tasks.deploy import load_runtime  # onnxruntime is the optional `deploy` extra
-
-        out_dir = self.index_dir.with_name(f"{self.index_dir.name}-{runtime}")
-        deployed = load_runtime(runtime, "face-embedding", model=model_file, ckpt_path=self.weights,
-                                out_dir=out_dir)
-        found, wanted = (deployed.embedding_dim, deployed.image_size), (self.info.embedding_dim,
-                                                                        self.info.image_size)
-        if found != wanted:
-            raise ValueError(f"{deployed.path}: embeds {found[0]}-D at {found[1]} px, but {self.index_dir} "
-                             f"was built with {wanted[0]}-D at {wanted[1]} px")
-        self.model.forward = deployed  # embed_images calls the module; its forward now runs ORT
+        deploy_embedder(self.model, runtime, weights=self.weights, index_dir=self.index_dir,
+                        model_file=model_file, embedding_dim=self.info.embedding_dim,
+                        image_size=self.info.image_size)  # fmt: skip
 
     def _load(self) -> None:
         self.info, self.index = IndexInfo.load(self.index_dir), EmbeddingIndex.load(self.index_dir)

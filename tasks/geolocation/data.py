@@ -1,42 +1,30 @@
-"""Geotagged photo data: the CSVs people have, WebDataset shards of them, the synthetic set, the DataModule.
+"""Geotagged photo datasets and the DataModule: photos of a CSV under an image root, WebDataset shards
+of them (`shards.py`), the synthetic set, or a folder to predict on.
 
-Two CSV forms are recognised from the header (column names can be overridden):
-
-- MP-16 / Im2GPS3k / YFCC4k: `IMG_ID,LAT,LON[,...]`, `IMG_ID` the image path under the image root;
-- OSV-5M `train.csv` / `test.csv`: `id,latitude,longitude,...,country,...,region,...,city,...`, images
-  `images/{train,test}/<id>.jpg` (point `*_images` at `images/train`; the file is `<id>.jpg`).
-
-A bad row (latitude outside [-90, 90], longitude outside [-180, 180], NaN, a missing column, a duplicate
-id) is an error naming the file and line, or with `skip_bad_rows` is skipped and counted. A missing or
-corrupt image is skipped and counted when it is read (`tasks.common.io.read_first_readable`).
+The CSV layouts (MP-16 / Im2GPS3k / YFCC4k, OSV-5M) are parsed in `formats.py`; a bad row is an error
+naming the file and line, or with `skip_bad_rows` is skipped and counted. A missing or corrupt image is
+skipped and counted when it is read (`tasks.common.io.read_first_readable`).
 
 Datasets hold paths and numbers only, never decoded images. At MP-16's scale (4.7 M photos) training
-reads WebDataset shards (`mobilenets geolocation shards` writes them): each rank, and each loader worker
-within it, reads its own shards, and every rank yields the same number of samples per epoch, so DDP
-ranks stay in step.
+reads WebDataset shards (`mobilenets geolocation shards` writes them).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
 import albumentations as A
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from tasks.common.classification import ImageFiles
 from tasks.common.data import DEFAULT_NUM_WORKERS, TaskDataModule
-from tasks.common.io import ImageReadError, SkipCounter, read_first_readable
+from tasks.common.io import SkipCounter, read_first_readable
 from tasks.common.transforms import (
     build_augmentation,
     classification_eval,
@@ -44,142 +32,18 @@ from tasks.common.transforms import (
     to_model_input,
 )
 from tasks.geolocation.cells import Partition, leaf_cell_ids, partitions, read_cells_csv
+from tasks.geolocation.formats import (  # noqa: F401 - public here too (tests, commands, benchmarks)
+    EXTRA_COLUMNS,
+    FORMATS,
+    PhotoCSVError,
+    PhotoTable,
+    detect_kind,
+    image_pattern_for,
+    photo_target,
+    read_photo_csv,
+)
+from tasks.geolocation.shards import SHARD_INDEX, ShardedGeoImages, read_shard_index, write_shards  # noqa: F401
 from tasks.geolocation.synthetic import SyntheticGeo, World, make_world
-
-FORMATS = {  # kind: (id, lat, lon) column names, and how an id becomes a file under the image root
-    "mp16": (("IMG_ID", "LAT", "LON"), "{id}"),
-    "osv5m": (("id", "latitude", "longitude"), "{id}.jpg"),
-}
-# Columns kept beside id/lat/lon when present (the per-country report reads `country`).
-EXTRA_COLUMNS = ("country", "region", "sub-region", "city")
-
-
-@dataclass
-class PhotoTable:
-    """The rows of one photo CSV: ids, positions, the line each came from, and the extra columns kept."""
-
-    path: Path
-    kind: str
-    ids: list[str]
-    lat: np.ndarray
-    lon: np.ndarray
-    lines: np.ndarray
-    extra: dict[str, list[str]] = field(default_factory=dict)
-    skipped: int = 0
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def countries(self) -> list[str] | None:
-        return self.extra.get("country")
-
-
-def detect_kind(header: Sequence[str]) -> str | None:
-    names = set(header)
-    for kind, (columns, _) in FORMATS.items():
-        if set(columns) <= names:
-            return kind
-    return None
-
-
-def read_photo_csv(
-    path: str | os.PathLike,
-    *,
-    id_column: str | None = None,
-    lat_column: str | None = None,
-    lon_column: str | None = None,
-    skip_bad_rows: bool = False,
-    extra_columns: Sequence[str] = EXTRA_COLUMNS,
-) -> PhotoTable:
-    """Read an MP-16-style or OSV-5M-style CSV (recognised from the header; names can be given)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: photo CSV not found")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        kind = detect_kind(header)
-        defaults = FORMATS[kind][0] if kind else (None, None, None)
-        columns = [
-            given or default
-            for given, default in zip((id_column, lat_column, lon_column), defaults, strict=True)
-        ]
-        missing = [name for name in columns if name is None or name not in header]
-        if missing or None in columns:
-            known = "; ".join(f"{','.join(c)} ({k})" for k, (c, _) in FORMATS.items())
-            raise ValueError(
-                f"{path}:1: header {','.join(header)} lacks "
-                f"{', '.join(repr(m) for m in missing if m) or 'the id/lat/lon columns'}; expected {known}, "
-                "or name them with id_column / lat_column / lon_column"
-            )
-        at = [header.index(name) for name in columns]
-        kept = [name for name in extra_columns if name in header and name not in columns]
-        kept_at = [header.index(name) for name in kept]
-        width = max(at + kept_at) + 1
-        ids, lats, lons, lines = [], [], [], []
-        extra: dict[str, list[str]] = {name: [] for name in kept}
-        first_line: dict[str, int] = {}
-        skipped = 0
-        for line, row in enumerate(reader, start=2):
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            problem = None
-            if len(row) < width:
-                lacking = [header[i] for i in at + kept_at if i >= len(row)]
-                problem = f"missing column {lacking[0]} (row has {len(row)} fields, header {len(header)})"
-            else:
-                key = row[at[0]].strip()
-                try:
-                    lat, lon = float(row[at[1]]), float(row[at[2]])
-                except ValueError:
-                    lat = lon = None
-                if not key:
-                    problem = f"empty {columns[0]}"
-                elif lat is None:
-                    problem = f"{columns[1]}/{columns[2]} not numbers: {row[at[1]]!r}, {row[at[2]]!r}"
-                elif not (math.isfinite(lat) and math.isfinite(lon)):
-                    problem = f"{columns[1]}/{columns[2]} not finite: {lat}, {lon}"
-                elif not -90 <= lat <= 90:
-                    problem = f"{columns[1]} {lat} outside [-90, 90]"
-                elif not -180 <= lon <= 180:
-                    problem = f"{columns[2]} {lon} outside [-180, 180]"
-                elif key in first_line:
-                    problem = f"duplicate {columns[0]} {key!r} (first on line {first_line[key]})"
-            if problem is not None:
-                if not skip_bad_rows:
-                    raise ValueError(f"{path}:{line}: {problem}")
-                skipped += 1
-                continue
-            first_line[key] = line
-            ids.append(key)
-            lats.append(lat)
-            lons.append(lon)
-            lines.append(line)
-            for name, i in zip(kept, kept_at, strict=True):
-                extra[name].append(row[i].strip())
-    if not ids:
-        raise ValueError(f"{path}: no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
-    return PhotoTable(
-        path, kind or "custom", ids, np.array(lats), np.array(lons), np.array(lines), extra, skipped
-    )
-
-
-def image_pattern_for(table: PhotoTable, pattern: str | None) -> str:
-    if pattern is not None:
-        if "{id}" not in pattern:
-            raise ValueError(f"image_pattern must contain {{id}}, got {pattern!r}")
-        return pattern
-    return FORMATS.get(table.kind, FORMATS["mp16"])[1]
-
-
-def _target(labels: np.ndarray, lat: float, lon: float, key: str, country: str) -> dict:
-    return {
-        "cells": torch.from_numpy(np.asarray(labels, np.int64)),
-        "coords": torch.tensor([lat, lon], dtype=torch.float64),
-        "key": key,
-        "country": country,
-    }
 
 
 class GeoImages(Dataset):
@@ -220,12 +84,12 @@ class GeoImages(Dataset):
         if self.transform is not None:
             image = self.transform(image=image)["image"]
         countries = self.table.countries
-        target = _target(
+        target = photo_target(
             self.labels[index],
             self.table.lat[index],
             self.table.lon[index],
             self.key(index),
-            countries[index] if countries else "",
+            countries[index] if countries is not None else "",
         )
         return to_model_input(image), target
 
@@ -241,191 +105,7 @@ class FolderImages(Dataset):
 
     def __getitem__(self, index: int):
         image, _, path = self.files.load(index)
-        return self.files.to_tensor(image), _target(np.zeros(0), math.nan, math.nan, path, "")
-
-
-# -- shards --------------------------------------------------------------------------------------
-SHARD_INDEX = "shards.json"
-
-
-def write_shards(
-    table: PhotoTable,
-    root: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    shard_size: int = 10_000,
-    image_pattern: str | None = None,
-    max_side: int | None = None,
-) -> dict:
-    """Write the photos of `table` as WebDataset tars `out/shard-NNNNNN.tar` plus `out/shards.json`
-    (file and sample count of each shard). Each sample is the image (`jpg`) and `json` with id, lat, lon
-    and the kept columns. `max_side` re-encodes larger images smaller; otherwise the file's bytes go in
-    as they are. Unreadable images are skipped and counted."""
-    import webdataset as wds
-    from PIL import Image
-
-    root, out = Path(root), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pattern = image_pattern_for(table, image_pattern)
-    counts: list[int] = []
-    skipped = 0
-    # maxsize off: shards split by count alone, so the index's counts are exact
-    with wds.ShardWriter(
-        str(out / "shard-%06d.tar"), maxcount=shard_size, maxsize=float("inf"), verbose=0
-    ) as sink:
-        for i, key in enumerate(table.ids):
-            path = root / pattern.format(id=key)
-            try:
-                data = path.read_bytes()
-                with Image.open(io.BytesIO(data)) as image:
-                    image.load()
-                    if max_side and max(image.size) > max_side:
-                        image.thumbnail((max_side, max_side))
-                        buffer = io.BytesIO()
-                        image.convert("RGB").save(buffer, format="JPEG", quality=90)
-                        data = buffer.getvalue()
-            except (OSError, SyntaxError, ValueError):
-                skipped += 1
-                continue
-            meta = {
-                "id": key,
-                "lat": float(table.lat[i]),
-                "lon": float(table.lon[i]),
-                **{name: values[i] for name, values in table.extra.items()},
-            }
-            sink.write({"__key__": f"{i:09d}", "jpg": data, "json": meta})
-            if not counts or counts[-1] == shard_size:
-                counts.append(0)
-            counts[-1] += 1
-    index = {
-        "shards": [{"file": f"shard-{n:06d}.tar", "count": c} for n, c in enumerate(counts)],
-        "total": sum(counts),
-        "skipped": skipped,
-        "source": str(table.path),
-    }
-    (out / SHARD_INDEX).write_text(json.dumps(index, indent=1))
-    return index
-
-
-def read_shard_index(folder: str | os.PathLike) -> tuple[list[Path], list[int]]:
-    folder = Path(folder)
-    path = folder / SHARD_INDEX
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: shard index not found (write shards with `mobilenets geolocation shards`)"
-        )
-    try:
-        index = json.loads(path.read_text())
-        files = [folder / entry["file"] for entry in index["shards"]]
-        counts = [int(entry["count"]) for entry in index["shards"]]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a shard index ({err})") from err
-    for file in files:
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: listed in {path} but missing")
-    return files, counts
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-class ShardedGeoImages(IterableDataset):
-    """Photos from WebDataset shards; rank r of W reads shards r, r+W, ... and loader worker k of K
-    reads every K-th of those. Each rank yields `len(self)` samples an epoch (total // W), cycling its
-    shards if they hold fewer, so no rank waits at a collective for another. Within a worker, samples
-    pass a shuffle buffer of `shuffle_buffer`; shard order is reshuffled every epoch. Each worker's share
-    is a multiple of `batch_size`, so training never sees a ragged batch (BatchNorm needs two samples).
-    """
-
-    def __init__(
-        self,
-        folder: str | os.PathLike,
-        assign: Callable[[np.ndarray, np.ndarray], np.ndarray],
-        *,
-        transform: Callable | None = None,
-        shuffle_buffer: int = 1000,
-        batch_size: int = 1,
-        seed: int = 0,
-    ) -> None:
-        self.files, self.counts = read_shard_index(folder)
-        self.assign = assign
-        self.transform = transform
-        self.shuffle_buffer = shuffle_buffer
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-        self.skipped = SkipCounter()
-
-    def __len__(self) -> int:
-        per_rank = sum(self.counts) // _rank_and_world()[1]
-        return per_rank - per_rank % self.batch_size
-
-    def _quota_and_files(self) -> tuple[int, list[Path]]:
-        rank, world = _rank_and_world()
-        if len(self.files) < world:
-            raise ValueError(f"{len(self.files)} shards cannot feed {world} ranks: write smaller shards")
-        mine = list(range(rank, len(self.files), world))
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        quota = len(self)
-        if workers > 1:
-            if len(mine) < workers:
-                raise ValueError(f"rank {rank} has {len(mine)} shards for {workers} loader workers")
-            mine = mine[worker::workers]
-            batches = quota // self.batch_size
-            quota = (batches // workers + (worker < batches % workers)) * self.batch_size
-        return quota, [self.files[i] for i in mine]
-
-    def samples(self) -> Iterator[tuple[bytes, dict]]:
-        """(image bytes, metadata) of this rank's and worker's share, in an epoch-dependent order."""
-        import webdataset as wds
-
-        quota, files = self._quota_and_files()
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
-        produced = 0
-        while produced < quota:
-            order = [str(files[i]) for i in rng.permutation(len(files))]
-            pipeline = wds.WebDataset(
-                order, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
-            )
-            for sample in pipeline:
-                yield sample["jpg"], json.loads(sample["json"])
-                produced += 1
-                if produced == quota:
-                    return
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, 1_000_003, self.epoch])
-        buffer: list = []
-        for data, meta in self.samples():
-            buffer.append((data, meta))
-            if len(buffer) >= self.shuffle_buffer:
-                yield self._decode(*buffer.pop(int(rng.integers(len(buffer)))))
-        rng.shuffle(buffer)
-        for item in buffer:
-            yield self._decode(*item)
-
-    def _decode(self, data: bytes, meta: dict):
-        from PIL import Image
-
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                image = np.array(img.convert("RGB"))
-        except (OSError, SyntaxError, ValueError) as err:
-            self.skipped.record(
-                ImageReadError(f"{meta.get('id')}: not a readable image ({err})"), meta.get("id")
-            )
-            image = np.zeros((32, 32, 3), np.uint8)  # a stand-in keeps the epoch length fixed
-        if self.transform is not None:
-            image = self.transform(image=image)["image"]
-        labels = self.assign(np.array([meta["lat"]]), np.array([meta["lon"]]))[0]
-        return to_model_input(image), _target(
-            labels, meta["lat"], meta["lon"], str(meta["id"]), str(meta.get("country", ""))
-        )
+        return self.files.to_tensor(image), photo_target(np.zeros(0), math.nan, math.nan, path, "")
 
 
 # -- the DataModule --------------------------------------------------------------------------------
