@@ -11,8 +11,8 @@ network and prints names, not label numbers. Appending with other weights is ref
 two embedders are not comparable.
 
 `--runtime onnx|onnx-int8` embeds with the exported embedder (`mobilenets export --checkpoint`):
-`--model FILE`, or without it the checkpoint exported once beside the index (`INDEX-onnx/`,
-`INDEX-onnx-int8/`, shared with `serve` and reused while the checkpoint is unchanged). The index
+`--model FILE`, or without it the checkpoint exported beside the index (`INDEX-onnx/`,
+`INDEX-onnx-int8/`, the place `serve` uses; re-exported on every call: pass `--model` to skip it). The index
 keeps the weights it was built with either way: an int8 embedding is the same network's, within
 quantization noise of the fp32 one, so PyTorch, fp32 and int8 queries search the same index.
 """
