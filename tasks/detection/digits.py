@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.detection.synthetic import write_coco_set
+from tasks.detection.synthetic import covered_share, write_coco_set
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 CATEGORY_IDS = tuple(2 * d + 1 for d in range(10))
@@ -115,12 +114,6 @@ def _digit_alpha(rng: np.random.Generator, digit: np.ndarray, side: int) -> np.n
     return np.asarray(image.resize((side, side), Image.BILINEAR), dtype=np.float64) / 255.0
 
 
-def _covered_share(a, b) -> float:
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / min(a[2] * a[3], b[2] * b[3])
-
-
 def render_canvas(
     seed: int, index: int, size: int, digits: np.ndarray, labels: np.ndarray
 ) -> tuple[Image.Image, list[tuple[list[float], int]]]:
@@ -147,7 +140,7 @@ def render_canvas(
             x, y = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
             box = [float(x + cols.min()), float(y + rows.min()),
                    float(cols.max() - cols.min() + 1), float(rows.max() - rows.min() + 1)]  # fmt: skip
-            if all(_covered_share(box, other) <= MAX_COVERED for other, _ in objects):
+            if all(covered_share(box, other) <= MAX_COVERED for other, _ in objects):
                 break
         else:
             continue
@@ -187,13 +180,3 @@ def write_mnist_digits(
         marker_file=MARKER_FILE,
         marker=marker,
     )
-
-
-def digits_marker_matches(out_dir: str | Path, **arguments) -> bool:
-    """True when `out_dir` already holds a complete mnist-digits set made with these arguments."""
-    marker = Path(out_dir) / MARKER_FILE
-    try:
-        saved = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return saved == {"version": FORMAT_VERSION, **arguments}

@@ -91,7 +91,7 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c * 255) for c in rgb)
 
 
-def _covered_share(a: Sequence[float], b: Sequence[float]) -> float:
+def covered_share(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over the smaller box: IoU would let a small shape hide wholly inside a big one."""
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
@@ -117,7 +117,7 @@ def render_image(seed: int, index: int, image_size: tuple[int, int]) -> tuple[Im
                 side,
                 side,
             ]
-            if all(_covered_share(box, other["bbox"]) <= MAX_COVERED for other in objects):
+            if all(covered_share(box, other["bbox"]) <= MAX_COVERED for other in objects):
                 break
         else:
             continue
