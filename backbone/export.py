@@ -8,10 +8,12 @@ dynamic; the spatial size is fixed at export time, which also freezes the TF "SA
 
 int8 (`--int8`) is ONNX Runtime's static quantization as measured fastest on this kind of CPU
 (REFERENCE §6): `quant_pre_process` first, then QDQ format, per-channel S8 weights, U8 activations,
-MinMax ranges from calibration images. Only the arithmetic ops (Conv, Gemm, MatMul and the ReLU6
-clips folded into them) are quantized; whatever a task model computes after its network (box
-decoding, L2 normalisation, the flip of a flip test) stays in float. Per-tensor weights
-(`--per-tensor`) exist only to measure why they are not the default: they wreck MobileNet accuracy.
+MinMax ranges from calibration images. On an x86 CPU without VNNI the weights keep
+to 7 bits (`needs_reduced_range`): its int8 kernels saturate 16-bit pair sums of full 8-bit ones.
+Only the arithmetic ops (Conv, Gemm, MatMul and the ReLU6 clips folded into them) are quantized;
+whatever a task model computes after its network (box decoding, L2 normalisation, the flip of a
+flip test) stays in float. Per-tensor weights (`--per-tensor`) exist only to measure why they are
+not the default: they wreck MobileNet accuracy.
 This module knows nothing of tasks; `tasks.deploy` exports whole task models with these pieces.
 """
 
@@ -42,6 +44,7 @@ INT8_OP_TYPES = ("Conv", "Gemm", "MatMul", "Clip", "Relu")
 CALIBRATION_BATCH = 16
 DEFAULT_CALIBRATION_COUNT = 256
 CALIBRATION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 METADATA_KEY = "mobilenets"  # ONNX metadata_props key holding a JSON dict about the exported model
 
 
@@ -136,13 +139,15 @@ def quantize_int8(
     per_channel: bool = True,
     op_types: Sequence[str] = INT8_OP_TYPES,
     batch_size: int = CALIBRATION_BATCH,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Static int8 of an fp32 ONNX file: `quant_pre_process`, then QDQ with MinMax ranges.
 
     `calibration` is (N, 3, H, W) float32, preprocessed exactly as the model's inputs are.
-    S8 weights (per output channel unless `per_channel=False`), U8 activations, no range reduction
-    (the VNNI case of onnxruntime's guidance). The file's `mobilenets` metadata is kept and gains
-    the quantization settings.
+    S8 weights (per output channel unless `per_channel=False`), U8 activations. `reduce_range` (7-bit
+    weights) defaults to this CPU's need (`needs_reduced_range`). Percentile (99.99) or entropy ranges
+    gained nothing consistent on the trained classifier of tests/test_deploy.py. The file's `mobilenets`
+    metadata is kept and gains the quantization settings.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -156,6 +161,8 @@ def quantize_int8(
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or not len(calibration):
         raise ValueError(f"calibration must be a non-empty (N, 3, H, W) array, got {calibration.shape}")
+    if reduce_range is None:
+        reduce_range = needs_reduced_range()
     metadata = read_metadata(fp32_path)
     input_name = "images"
 
@@ -175,16 +182,42 @@ def quantize_int8(
         quant_pre_process(str(fp32_path), str(prepared))
         quantize_static(
             str(prepared), str(tmp), Batches(),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=False,
+            quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=list(op_types), calibrate_method=CalibrationMethod.MinMax,
         )  # fmt: skip
         metadata["int8"] = {
             "per_channel": per_channel, "calibration_images": int(len(calibration)),
-            "format": "QDQ", "activations": "U8", "weights": "S8", "method": "MinMax",
+            "format": "QDQ", "activations": "U8", "weights": "S7" if reduce_range else "S8",
+            "method": "MinMax",
         }  # fmt: skip
         set_metadata(tmp, metadata)
     return out
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str] | None:
+    """The x86 feature flags of the first CPU in `cpuinfo`; None where unknown (another OS or an ARM CPU)."""
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+def needs_reduced_range(flags: set[str] | None = None) -> bool:
+    """Whether int8 weights should keep to 7 bits on this CPU: an x86 CPU without VNNI.
+
+    Without VNNI, ONNX Runtime's U8S8 kernels multiply with `vpmaddubsw`, which adds each pair of
+    u8 x s8 products in 16 bits and saturates (255 * 127 * 2 > 32767); 7-bit weights cannot overflow
+    there, which is onnxruntime's own advice for such CPUs. VNNI (`vpdpbusd`, also present with
+    AMX) accumulates in 32 bits, so full 8-bit weights are exact and kept. Unknown flags (not
+    Linux, or an ARM CPU, whose dot-product kernels do not saturate) keep 8 bits.
+    """
+    flags = cpu_flags() if flags is None else flags
+    return flags is not None and "avx2" in flags and not flags & VNNI_FLAGS
 
 
 def folder_images(

@@ -17,7 +17,8 @@ GFLOP/s (`2 x mult-adds x batch / time`, an int8 mult-add counted as two ops too
 of its precision's probe.
 
 Task models are the recipes' networks at the recipes' sizes (fine-grained α 0.25 at 64 px, SSD α 0.25
-at 192 px, face embedder α 0.25 at 80 px, flip test included): trained checkpoints with
+at 192 px, face embedder α 0.25 at 80 px, flip test included, PlaNet α 0.25 at 64 px over three
+partitions, the face-attribute student α 0.25 at 128 px): trained checkpoints with
 `--checkpoint-finegrained` and friends, otherwise random weights with BatchNorm statistics calibrated
 on random images (a fresh BN is the identity, activations turn denormal and the CPU crawls, which
 would time denormals, not networks). timm has no task models: their ratios are to our eager model.
@@ -70,27 +71,24 @@ def task_networks(args) -> dict[str, tuple[nn.Module, int, list[str]]]:
     return networks
 
 
+# the recipes' networks at the recipes' sizes: (module, constructor arguments, input size)
+RANDOM_TASKS = {
+    "finegrained": ("tasks.finegrained.module:FineGrainedModule", {"num_classes": 24}, 64),
+    "detection": ("tasks.detection.module:DetectionModule", {"num_classes": 5, "image_size": 192}, 192),
+    "face-embedding": ("tasks.face_embedding.module:FaceEmbeddingModule", {"embedding_dim": 128}, 80),
+    "geolocation": ("tasks.geolocation.module:GeolocationModule", {"num_cells": [24, 80, 240]}, 64),
+    "face-attributes": ("tasks.face_attributes.module:FaceAttributesModule", {"num_attributes": 20}, 128),
+}  # fmt: skip
+
+
 def random_task(task: str):
     from tasks import deploy
+    from tasks.common.lightning_cli import load_object
 
-    backbone = {"width_mult": 0.25}
-    if task == "finegrained":
-        from tasks.finegrained.module import FineGrainedModule
-
-        module = FineGrainedModule(num_classes=24, backbone=backbone)
-        calibrate_batchnorm(module, 64)
-        return deploy.EXPORTABLES["finegrained"](module, {"image_size": 64}, "random")
-    if task == "detection":
-        from tasks.detection.module import DetectionModule
-
-        module = DetectionModule(num_classes=5, image_size=192, backbone=backbone)
-        calibrate_batchnorm(module, 192, module.detector.backbone)
-        return deploy.EXPORTABLES["detection"](module, {"image_size": 192}, "random")
-    from tasks.face_embedding.module import FaceEmbeddingModule
-
-    module = FaceEmbeddingModule(embedding_dim=128, backbone=backbone)
-    calibrate_batchnorm(module, 80)
-    return deploy.EXPORTABLES["face-embedding"](module, {"image_size": 80}, "random")
+    path, options, size = RANDOM_TASKS[task]
+    module = load_object(path)(**options, backbone={"width_mult": 0.25})
+    calibrate_batchnorm(module, size, module.detector.backbone if task == "detection" else None)
+    return deploy.EXPORTABLES[task](module, {"image_size": size}, "random")
 
 
 def compiled(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], object]:
@@ -156,7 +154,7 @@ def openvino_runners(fp32: Path, int8: Path, calibration: np.ndarray, threads: i
 
             batches = [calibration[i : i + 16] for i in range(0, len(calibration), 16)]
             cache[fp32, "nncf"] = nncf.quantize(core.read_model(str(fp32)), nncf.Dataset(batches),
-                                                subset_size=len(calibration))  # fmt: skip
+                                                subset_size=len(batches))  # fmt: skip (items: batches)
         except ImportError:
             print("OpenVINO+NNCF int8 skipped: `nncf` is not installed")
             cache[fp32, "nncf"] = None
@@ -175,10 +173,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--tasks", nargs="*", default=["finegrained", "detection", "face-embedding"],
-                        choices=["finegrained", "detection", "face-embedding"])  # fmt: skip
-    for task in ("finegrained", "detection", "face_embedding"):
-        parser.add_argument(f"--checkpoint-{task.replace('_', '-')}", dest=f"checkpoint_{task}")
+    parser.add_argument("--tasks", nargs="*", default=list(RANDOM_TASKS), choices=list(RANDOM_TASKS))
+    for task in RANDOM_TASKS:
+        parser.add_argument(f"--checkpoint-{task}", dest=f"checkpoint_{task.replace('-', '_')}")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--models", nargs="*", help="time only these (e.g. 'backbone 1.0-224')")
     parser.add_argument("--calibration-images", type=int, default=64)

@@ -3,8 +3,8 @@
     flock /tmp/mobilenets-cpu.lock .venv/bin/python benchmarks/geolocation_partition_speed.py [--photos N]
 
 Photos are drawn like real photo density: 2000 "cities" with Zipf weights and spreads from 1 to 100 km.
-Prints the leaf-cell time (one `s2cell` call per photo) and the partition time for PlaNet's rule
-(t_max 10,000 / t_min 50) and GeoEstimation's three partitions (5000/2000/1000 over t_min 50).
+Prints the leaf-cell time (`leaf_cell_ids`: s2cell's conversion on arrays) and the partition time for
+PlaNet's rule (t_max 10,000 / t_min 50) and GeoEstimation's three partitions (5000/2000/1000 over t_min 50).
 """
 
 from __future__ import annotations

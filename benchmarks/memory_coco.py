@@ -5,7 +5,7 @@ costs no memory here), then in a fresh process builds `CocoDataModule` on it (JS
 pycocotools index, the flat arrays) and iterates `--batches` training batches with `--workers`
 loader workers. Images are a few tiny PNGs that every record points at, so the run measures the
 annotation side, not decoding. Reports peak resident memory (VmHWM) of the main process after
-set-up and after iterating, and of each worker.
+set-up and after iterating, and of each worker (measured as in `peak_memory.py`).
 
     python benchmarks/memory_coco.py --images 200000 --boxes 1500000 --batches 200 --workers 2
 """
@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from peak_memory import measure_iteration, measure_setup, print_report, run_child  # on the path
 
 SIDE = 32  # pixels of every tiny image (and of every record's width/height)
 TINY_IMAGES = 50
-LIMIT_GIB = 2.0
 
 
 def write_annotations(path: Path, *, images: int, boxes: int, seed: int) -> None:
@@ -59,14 +58,6 @@ def write_annotations(path: Path, *, images: int, boxes: int, seed: int) -> None
         out.write("]}")
 
 
-def peak_rss_mib(pid: int | str = "self") -> float:
-    """VmHWM (peak resident set) of a process from /proc, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for {pid}")
-
-
 def measure(root: Path, annotations: Path, *, batches: int, workers: int) -> dict:
     """In this (fresh) process: build the data module, iterate, report peaks."""
     import torch
@@ -74,33 +65,24 @@ def measure(root: Path, annotations: Path, *, batches: int, workers: int) -> dic
     from tasks.detection.data import CocoDataModule
 
     torch.set_num_threads(2)
-    start_rss = peak_rss_mib()
-    started = time.perf_counter()
-    data = CocoDataModule(
-        train_images=str(root), train_annotations=str(annotations), val_images=str(root),
-        val_annotations=str(root / "val.json"), image_size=64, batch_size=32, num_workers=workers,
-    )  # fmt: skip
-    data.setup("fit")
-    setup_s = time.perf_counter() - started
-    after_setup = peak_rss_mib()
-    loader = data.train_dataloader()
-    iterator = iter(loader)
-    seen = boxes = 0
-    started = time.perf_counter()
-    for _ in range(batches):
-        images, targets = next(iterator)
-        seen += len(images)
-        boxes += sum(len(t["boxes"]) for t in targets)
-    iterate_s = time.perf_counter() - started
-    worker_peaks = [peak_rss_mib(w.pid) for w in getattr(iterator, "_workers", [])]
-    return {
-        "train_images": len(data.train_set), "train_boxes": int(len(data.train_set._boxes)),
-        "rss_at_start_mib": round(start_rss), "peak_rss_after_setup_mib": round(after_setup),
-        "peak_rss_after_iterating_mib": round(peak_rss_mib()),
-        "worker_peak_rss_mib": [round(p) for p in worker_peaks],
-        "setup_s": round(setup_s, 1), "iterated_images": seen, "iterated_boxes": boxes,
-        "iterate_s": round(iterate_s, 1),
-    }  # fmt: skip
+
+    def build() -> CocoDataModule:
+        data = CocoDataModule(
+            train_images=str(root), train_annotations=str(annotations), val_images=str(root),
+            val_annotations=str(root / "val.json"), image_size=64, batch_size=32, num_workers=workers,
+        )  # fmt: skip
+        data.setup("fit")
+        return data
+
+    data, setup = measure_setup(build)
+
+    def count(batch) -> dict[str, int]:
+        images, targets = batch
+        return {"images": len(images), "boxes": sum(len(t["boxes"]) for t in targets)}
+
+    iteration = measure_iteration(data.train_dataloader(), batches, count)
+    return {"train_images": len(data.train_set), "train_boxes": int(len(data.train_set._boxes)), **setup,
+            **iteration}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,18 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         size_mib = (root / "train.json").stat().st_size / 2**20
         print(f"wrote {args.images} images / {args.boxes} boxes: {size_mib:.0f} MiB of JSON "
               f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
-        child = subprocess.run(
-            [sys.executable, __file__, "--measure", str(root), "--batches", str(args.batches),
-             "--workers", str(args.workers)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-    report = json.loads(child.stdout.strip().splitlines()[-1])
-    for key, value in report.items():
-        print(f"{key:>30}: {value}")
-    peak = max([report["peak_rss_after_iterating_mib"], *report["worker_peak_rss_mib"]])
-    verdict = "OK" if peak < LIMIT_GIB * 1024 else "OVER"
-    print(f"peak resident memory of any process: {peak} MiB ({verdict}: limit {LIMIT_GIB:.0f} GiB)")
-    return 0 if verdict == "OK" else 1
+        report = run_child(__file__, ["--measure", str(root), "--batches", str(args.batches),
+                                      "--workers", str(args.workers)])  # fmt: skip
+    return print_report(report)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from pytorch_lightning import Trainer
 
 from tasks.cli import main
-from tasks.common.lightning_cli import RUN_VERSION_ENV, new_run_version
+from tasks.common.lightning_cli import RESEED_CALLBACK, RUN_VERSION_ENV, ReseedEveryEpoch, new_run_version
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -109,6 +110,36 @@ def test_print_config_shows_the_task_defaults(in_tmp, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["optim"]["name"] == "sgd"
     assert printed["data"]["synthetic_classes"] == 24
+
+
+@pytest.fixture
+def torch_flags(monkeypatch):
+    """`--trainer.deterministic` switches torch's process-wide flags; the other tests run without them."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # restored as it was after the test
+    deterministic, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark
+
+
+@pytest.mark.parametrize(
+    ("flags", "reseeds"),
+    [
+        ([], 0),  # a run's random stream is left as recipes were tuned with it
+        (["--trainer.deterministic=true"], 1),
+        (["--trainer.deterministic=warn"], 1),
+        (["--trainer.deterministic=true", f"--trainer.callbacks+={RESEED_CALLBACK}"], 1),  # listed: not twice
+        ([f"--trainer.callbacks+={RESEED_CALLBACK}"], 1),  # still an opt-in without deterministic mode
+    ],
+    ids=["default", "deterministic", "deterministic-warn", "deterministic-and-listed", "listed"],
+)
+def test_deterministic_runs_reseed_every_epoch_once(flags, reseeds, in_tmp, monkeypatch, torch_flags):
+    fitted = []
+    monkeypatch.setattr(Trainer, "fit", lambda trainer, *args, **kwargs: fitted.append(trainer))
+    main(["finegrained", "fit", *flags, *QUICK])
+    (trainer,) = fitted
+    assert sum(isinstance(callback, ReseedEveryEpoch) for callback in trainer.callbacks) == reseeds
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,25 @@ def test_lr_schedules():
     assert lr_factor(50, cfg=step, total_steps=100, steps_per_epoch=10) == pytest.approx(0.94**2)
 
 
+def test_warmup_share_spans_the_same_share_of_steps_or_time():
+    by_steps = OptimConfig(schedule="cosine", warmup_share=0.1)
+    factors = [lr_factor(s, cfg=by_steps, total_steps=200, steps_per_epoch=7) for s in range(200)]
+    assert factors[0] == pytest.approx(1 / 20) and factors[19] == pytest.approx(1.0)  # 10 % of 200 steps
+    assert factors[110] == pytest.approx(0.5)  # half-way through the 180 cosine steps
+    by_time = OptimConfig(schedule="cosine", schedule_by="time", warmup_share=0.2)
+
+    def at(share: float) -> float:
+        return lr_factor(0, cfg=by_time, total_steps=1, steps_per_epoch=1, time_progress=lambda: share)
+
+    assert at(0.1) == pytest.approx(0.5) and at(0.2) == pytest.approx(1.0)  # linear in time, any step
+    assert at(0.6) == pytest.approx(0.5) and at(1.0) == pytest.approx(0.0, abs=1e-12)
+    assert at(0.0) == pytest.approx(1e-3)  # the first step does not run at zero learning rate
+    both = OptimConfig(schedule="cosine", warmup_epochs=5, warmup_share=0.1)  # a recipe's share wins
+    assert lr_factor(19, cfg=both, total_steps=200, steps_per_epoch=7) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="warmup_share"):
+        OptimConfig(warmup_share=1.0)
+
+
 def test_backbone_config_round_trips_through_plain_dicts():
     config = BackboneConfig(width_mult=0.5, shallow=True)
     saved = plain({"backbone": config, "other": [config]})

@@ -3,13 +3,16 @@ runs the exported model, and bad inputs fail with clear errors."""
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
+from backbone.export import needs_reduced_range
 from tasks.cli import TASKS
 from tasks.common.lightning_cli import RUN_VERSION_ENV, run_task_cli
 from tasks.deploy import (
@@ -55,6 +58,64 @@ def save_checkpoint(module, path, data: dict):
 
 def images(n: int, size: int, seed: int = 5) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
+
+
+def fit_in(tmp_path, monkeypatch, task: str, args: list[str]) -> tuple[Path, dict]:
+    """`mobilenets TASK fit ARGS` in `tmp_path` (the working directory from now on): its last.ckpt and
+    final metrics."""
+    monkeypatch.chdir(tmp_path)
+    fit = run_task_cli(TASKS[task], ["fit", "--trainer.max_time=null", *args])
+    (ckpt,) = (tmp_path / "runs" / task).glob("*/checkpoints/last.ckpt")
+    return ckpt, {name: float(value) for name, value in fit.trainer.callback_metrics.items()}
+
+
+def run_on_each_runtime(monkeypatch, task: str, ckpt: Path, args: list[str], commands=("test", "predict"),
+                        runtimes=("torch", "onnx")) -> dict[tuple[str, str], Path]:  # fmt: skip
+    """The run folder of `mobilenets TASK COMMAND --ckpt_path CKPT ARGS --runtime R` per (R, COMMAND).
+
+    No `--model`: an onnx run exports the checkpoint into its own run folder first.
+    """
+    runs = {}
+    for runtime in runtimes:
+        for command in commands:
+            monkeypatch.delenv(RUN_VERSION_ENV, raising=False)
+            cli = run_task_cli(TASKS[task], [command, "--ckpt_path", str(ckpt), *args, "--runtime", runtime])
+            runs[runtime, command] = Path(cli.trainer.log_dir).resolve()
+            assert (runs[runtime, command] / "model.onnx").is_file() == (runtime != "torch")
+    return runs
+
+
+def leaves(tree, path: tuple = ()) -> dict[tuple, object]:
+    """A nested JSON report or a list of CSV rows as {path: leaf} (`pytest.approx` takes no nesting)."""
+    if isinstance(tree, dict | list):
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        return {leaf: value for key, sub in items for leaf, value in leaves(sub, (*path, key)).items()}
+    return {path: tree}
+
+
+def as_number(value):
+    """A JSON number or a CSV cell that reads as one, as a float; anything else as it is."""
+    if isinstance(value, bool) or value is None:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def assert_same_results(want, got, *, rel: float = 1e-5, abs: float = 1e-4) -> None:
+    """Every leaf of `got` is `want`'s: numbers within the tolerance, names, tokens and flags exactly."""
+    want, got = leaves(want), leaves(got)
+    assert got.keys() == want.keys()
+    numbers = [k for k, v in want.items() if isinstance(as_number(v), float)]
+    assert [as_number(got[k]) for k in numbers] == pytest.approx([as_number(want[k]) for k in numbers],
+                                                                  rel=rel, abs=abs, nan_ok=True)  # fmt: skip
+    assert {k: got[k] for k in want.keys() - set(numbers)} == {k: want[k] for k in want.keys() - set(numbers)}
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def task_model(task: str) -> tuple[torch.nn.Module, int, dict, dict]:
@@ -132,25 +193,29 @@ FIT_ARGS = [
 
 
 def test_int8_keeps_a_trained_classifiers_decisions_and_the_task_test_scores_it(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    fit = run_task_cli(TASKS["finegrained"], ["fit", *FIT_ARGS])
-    (ckpt,) = (tmp_path / "runs" / "finegrained").glob("*/checkpoints/last.ckpt")
-    # 4 classes: well past chance (0.68 measured; chance 0.25)
-    assert fit.trainer.callback_metrics["val/top1"] > 0.6
+    ckpt, fit = fit_in(tmp_path, monkeypatch, "finegrained", FIT_ARGS)
+    # 4 classes: well past chance (0.92 measured at seed 0, 0.64 and 0.75 at seeds 1 and 2; chance 0.25).
+    # Seed to seed, training sits at chance for a varying number of epochs before it finds the stripes:
+    # 600 images a class for 8 epochs at lr 0.1 reached 0.97/0.98 at seeds 1/2 but 0.625 at seed 0.
+    assert fit["val/top1"] > 0.6
     fp32 = load_deployed(export_task(ckpt, tmp_path / "fg.onnx"))
     assert main_export(["--checkpoint", str(ckpt), "--int8", "--calibration-synthetic", "256",
                         "--out", str(tmp_path / "fg-int8.onnx")]) == 0  # fmt: skip
     int8 = load_deployed(tmp_path / "fg-int8.onnx")
     assert int8.int8 and int8.metadata["int8"]["per_channel"]
+    assert int8.metadata["int8"]["weights"] == ("S7" if needs_reduced_range() else "S8")
     graph = onnx.load(str(tmp_path / "fg-int8.onnx")).graph
     assert sum(node.op_type == "QuantizeLinear" for node in graph.node) > 10
 
     held_out = SyntheticFineGrained(4, 100, size=64, split="test")  # 400 images the model never saw
     x = torch.stack([held_out[i][0] for i in range(len(held_out))])
     agree = (int8(x).argmax(1) == fp32(x).argmax(1)).float().mean().item()
-    # Measured: 0.965 on this 68 %-val model, 0.9875 on an 87 % one, 0.993 on the fine-grained recipe's
-    # trained model (960 test images). A CI-sized model's low-margin decisions flip more often, so the
-    # 98 % bar of the recipe model is 95 % here.
+    # Agreement follows the model's margins and, on an x86 CPU without VNNI, the kernel: there ORT's
+    # U8S8 pair sums saturate, so `quantize_int8` keeps weights to 7 bits (`needs_reduced_range`).
+    # This recipe, seed 0 (val 0.92), on this AVX2 CPU: 0.975 with 7-bit weights, 0.9825 with 8-bit
+    # ones, 0.99 as float fake-quant of 8-bit ones (what a VNNI CPU computes). A val-0.71 model: 0.97,
+    # 0.8925 and 0.965. Models of 0.97-0.98 val agree on 0.9975-1.0 (7-bit), so the 98 % bar needs a
+    # seed-stable high-accuracy model first; a CI-sized model's low-margin decisions flip more often.
     assert agree >= 0.95, f"int8 agrees with fp32 on {agree:.3f} of top-1 decisions"
 
     # The task's own test command, on PyTorch, on the fp32 export and on the int8 one.
@@ -259,39 +324,110 @@ FACE_ARGS = [
     "--data.p=4", "--data.k=2", "--data.similar_identities=2", "--data.batches_per_epoch=2",
     "--data.num_workers=0", "--model.backbone.width_mult=0.25", "--model.embedding_dim=16",
 ]  # fmt: skip
+# The recipes' own sizes, cut to seconds; step schedules (the geolocation recipe spans trainer.max_time).
+GEOLOCATION_ARGS = [
+    "--trainer.enable_progress_bar=false", "--model.cpu_threads=1", "--model.backbone.width_mult=0.25",
+    "--model.optim.schedule_by=steps", "--data.image_size=32", "--data.batch_size=16", "--data.num_workers=0",
+    "--data.synthetic_cities=12", "--data.synthetic_regions=6", "--data.synthetic_train=96",
+    "--data.synthetic_val=16", "--data.synthetic_test=48", "--data.t_max=[40,12]", "--data.t_min=2",
+]  # fmt: skip
+ATTRIBUTE_ARGS = [  # BN momentum 0.3: 20 steps leave running statistics that keep faces apart in eval mode
+    "--trainer.enable_progress_bar=false", "--model.cpu_threads=1", "--model.backbone.width_mult=0.25",
+    "--model.backbone.bn_momentum=0.3",
+    "--model.optim.schedule_by=steps", "--data.image_size=32", "--data.batch_size=16", "--data.num_workers=0",
+    "--data.synthetic.train=96", "--data.synthetic.val=48", "--data.synthetic.test=48",
+    "--data.synthetic.unlabeled=0",
+]  # fmt: skip
 
 
-def test_face_test_and_predict_on_the_exported_embedder_match_pytorch(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def face_checkpoint(tmp_path_factory) -> Path:
+    """A 2-step face-embedding run (precise BN on faces, so eval-mode embeddings keep faces apart)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(RUN_VERSION_ENV, raising=False)
+        return fit_in(tmp_path_factory.mktemp("face"), patch, "face-embedding",
+                      ["--trainer.max_steps=2", "--model.precise_bn_batches=2", *FACE_ARGS])[0]  # fmt: skip
+
+
+def test_face_test_and_predict_on_the_exported_embedder_match_pytorch(face_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run_task_cli(TASKS["face-embedding"], ["fit", "--trainer.max_steps=2", "--trainer.max_time=null",
-                                           "--model.precise_bn_batches=2", *FACE_ARGS])  # fmt: skip
-    (ckpt,) = (tmp_path / "runs" / "face-embedding").glob("*/checkpoints/last.ckpt")
-    reports, embeddings = {}, {}
-    for runtime in ("torch", "onnx"):  # onnx without --model: the checkpoint is exported first
-        for command in ("test", "predict"):
-            monkeypatch.delenv(RUN_VERSION_ENV, raising=False)
-            args = [command, "--ckpt_path", str(ckpt), *FACE_ARGS, "--runtime", runtime]
-            cli = run_task_cli(TASKS["face-embedding"], args)
-            run_dir = tmp_path / cli.trainer.log_dir
-            if command == "test":
-                reports[runtime] = json.loads((run_dir / "test_metrics.json").read_text())
-            else:
-                with np.load(run_dir / "embeddings.npz", allow_pickle=False) as saved:
-                    embeddings[runtime] = (list(saved["paths"]), saved["outputs"])
-    assert (tmp_path / cli.trainer.log_dir / "model.onnx").is_file()
+    runs = run_on_each_runtime(monkeypatch, "face-embedding", face_checkpoint, FACE_ARGS)
+    reports = {r: json.loads((runs[r, "test"] / "test_metrics.json").read_text()) for r in ("torch", "onnx")}
+    embeddings = {}
+    for runtime in ("torch", "onnx"):
+        with np.load(runs[runtime, "predict"] / "embeddings.npz", allow_pickle=False) as saved:
+            embeddings[runtime] = (list(saved["paths"]), saved["outputs"])
     assert reports["onnx"] == pytest.approx(reports["torch"], abs=1e-4)  # the threshold moves ~1e-6
     assert embeddings["onnx"][0] == embeddings["torch"][0] and len(embeddings["onnx"][0]) == 60
     assert np.abs(embeddings["onnx"][1] - embeddings["torch"][1]).max() <= 1e-4
 
 
+@pytest.mark.parametrize("task, args, reports, varied", [
+    ("geolocation", GEOLOCATION_ARGS, ("metrics.json", "test_predictions.csv"), "probability"),
+    ("face-attributes", ATTRIBUTE_ARGS, ("test_metrics.json", "test_attributes.csv"), "Male"),
+])  # fmt: skip
+def test_geolocation_and_attribute_test_and_predict_on_the_export_match_pytorch(
+    task, args, reports, varied, tmp_path, monkeypatch
+):
+    """The task's own `test` reports (geolocation's nested metrics with baselines and per-country rows,
+    per-photo errors, per-attribute rows) and `predict`'s predictions.csv from the export are PyTorch's."""
+    ckpt, _ = fit_in(tmp_path, monkeypatch, task, ["--trainer.max_steps=20", *args])
+    runs = run_on_each_runtime(monkeypatch, task, ckpt, args)
+    outputs = {(runtime, "predict", "predictions.csv") for runtime in ("torch", "onnx")}
+    outputs |= {(runtime, "test", name) for runtime in ("torch", "onnx") for name in reports}
+    found = {(runtime, name): json.loads(path.read_text()) if path.suffix == ".json" else read_rows(path)
+             for runtime, command, name in outputs for path in [runs[runtime, command] / name]}  # fmt: skip
+    predictions = found["torch", "predictions.csv"]
+    # a trained network, not a constant one: its output differs from photo to photo
+    assert len(predictions) == 48 and len({row[varied] for row in predictions}) > 24
+    for name in ("predictions.csv", *reports):
+        assert_same_results(found["torch", name], found["onnx", name])
+
+
+def test_face_index_and_search_on_onnx_runtime_find_the_pytorch_neighbours(face_checkpoint, tmp_path, capsys):
+    """`index`/`search --runtime onnx`, with the checkpoint exported beside the index or given as
+    `--model`, rank the gallery as PyTorch does; an fp32 query searches a PyTorch-built index too."""
+    from tasks.face_embedding.commands import main_index, main_search
+    from tasks.face_embedding.synthetic import SyntheticFaces, write_identity_folders
+
+    write_identity_folders(SyntheticFaces(6, 3, size=32, identity_offset=200), tmp_path / "gallery")
+    queries = [tmp_path / "gallery" / name / f"{name}_0002.jpg" for name in sorted(p.name for p in
+               (tmp_path / "gallery").iterdir())[:4]]  # fmt: skip
+    for runtime in ("torch", "onnx"):
+        source = ["--gallery", str(tmp_path / "gallery"), "--weights", str(face_checkpoint)]
+        assert main_index([*source, "--out", str(tmp_path / f"index-{runtime}"), "--runtime", runtime]) == 0
+        assert "added 18 images" in capsys.readouterr().out
+    exported = tmp_path / "index-onnx-onnx" / "model.onnx"  # `INDEX-RUNTIME/`, where `serve` puts it too
+    assert exported.is_file()
+
+    def search(index: str, *runtime: str) -> list[list[tuple[str, float, str, str]]]:
+        found = []
+        for query in queries:
+            assert main_search(["--index", str(tmp_path / index), "--query", str(query), "-k", "5",
+                                *runtime]) == 0  # fmt: skip
+            lines = [line.split() for line in capsys.readouterr().out.splitlines()]  # and "exported ..."
+            found.append([(rank, float(score), identity, path) for rank, score, identity, path in
+                          (fields for fields in lines if fields[0].isdigit())])  # fmt: skip
+        return found
+
+    want = search("index-torch")
+    assert [matches[0][2:] for matches in want] == [(q.parent.name, str(q.resolve())) for q in queries]
+    assert all(len(matches) == 5 for matches in want)
+    for got in (search("index-onnx", "--runtime", "onnx"),
+                search("index-onnx", "--runtime", "onnx", "--model", str(exported)),
+                search("index-torch", "--runtime", "onnx", "--model", str(exported))):  # fmt: skip
+        for want_matches, got_matches in zip(want, got, strict=True):
+            assert [(r, i, p) for r, _, i, p in got_matches] == [(r, i, p) for r, _, i, p in want_matches]
+            assert [s for _, s, _, _ in got_matches] == pytest.approx([s for _, s, _, _ in want_matches],
+                                                                       abs=1e-4)  # fmt: skip
+
+
 def test_detection_test_on_the_exported_ssd_writes_the_pytorch_detections(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
     data = ["--data.root=synth", "--data.synthetic_images=12", "--data.synthetic_image_size=96",
             "--data.image_size=96", "--data.batch_size=4", "--data.num_workers=0",
             "--trainer.enable_progress_bar=false"]  # fmt: skip
-    run_task_cli(TASKS["detection"], ["fit", "--trainer.max_steps=2", "--trainer.max_time=null",
-                                      "--trainer.check_val_every_n_epoch=5", *data])  # fmt: skip
-    (ckpt,) = (tmp_path / "runs" / "detection").glob("*/checkpoints/last.ckpt")
+    ckpt, _ = fit_in(tmp_path, monkeypatch, "detection",
+                     ["--trainer.max_steps=2", "--trainer.check_val_every_n_epoch=5", *data])  # fmt: skip
     assert main_export(["--checkpoint", str(ckpt), "--out", str(tmp_path / "ssd.onnx")]) == 0
     detections = {}
     for extra in ([], ["--runtime", "onnx", "--model", str(tmp_path / "ssd.onnx")]):

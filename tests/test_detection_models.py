@@ -100,6 +100,24 @@ def test_depthwise_head_adds_a_3x3_depthwise_bn_layer_per_map_and_keeps_output_s
         ssd_mobilenet(body=mobilenet_v1(**body), num_classes=4, image_size=128, head="3x3")
 
 
+def test_own_data_network_has_six_boxes_everywhere_and_tf_box_predictor_init():
+    """The `ssd_own_data.yaml` network at 192 px: six boxes at every location of every map (TF's lowest
+    map has three), and the depthwise head drawn from TF's box-predictor initialiser (truncated normal,
+    σ 0.03)."""
+    body = mobilenet_v1(width_mult=0.25, num_classes=0)
+    model = ssd_mobilenet(body=body, num_classes=10, image_size=192, head="depthwise",
+                          reduce_lowest_layer=False, min_scale=0.2, max_scale=0.95)  # fmt: skip
+    assert model.anchor_generator.num_anchors_per_location() == [6] * 6
+    with torch.no_grad():
+        outputs = model.eval().head(list(model.backbone(torch.rand(1, 3, 192, 192)).values()))
+    assert outputs["cls_logits"].shape == (1, (12**2 + 6**2 + 3**2 + 2**2 + 1 + 1) * 6, 11)
+    head_convs = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)]
+    weights = torch.cat([m.weight.flatten() for m in head_convs])
+    assert weights.abs().max() <= 0.06 + 1e-6 and 0.02 < weights.std() < 0.03
+    specs = ssd_box_specs(min_scale=0.2, max_scale=0.95, reduce_boxes_in_lowest_layer=False)
+    assert specs[0][:2] == [(0.2, 1.0), (0.2, 2.0)]
+
+
 def test_ssd_eval_caps_detections():
     model = ssd_mobilenet(
         body=mobilenet_v1(width_mult=0.25, num_classes=0), num_classes=3, image_size=128, score_thresh=0.0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -15,6 +16,7 @@ from tasks.detection import digits
 from tasks.detection.commands import main_mnist_digits
 
 SIZE = 128
+RECIPE = yaml.safe_load((Path(__file__).parents[1] / "configs/detection/ssd_own_data.yaml").read_text())
 EPOCHS = 40  # 240 steps of 16 images: ~40 s on one thread
 
 
@@ -95,8 +97,8 @@ def test_bad_arguments_are_refused(tmp_path, argv):
 
 
 def test_ssd_recipe_learns_real_handwriting(tmp_path, digits_root):
-    """A short run of the own-data SSD recipe (no flip: a mirrored digit is another shape) on the real set,
-    scored on the images it trained on against the same network untrained."""
+    """A short run of the own-data SSD recipe's network (no flip: a mirrored digit is another shape) on the
+    real set, scored on the images it trained on against the same network untrained."""
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
@@ -121,7 +123,7 @@ def test_ssd_recipe_learns_real_handwriting(tmp_path, digits_root):
         data = TrainSplitScored(root=str(digits_root), image_size=SIZE, batch_size=16, num_workers=0,
                                 random_crop=False, augment=[])  # fmt: skip
         model = DetectionModule(architecture="ssd", num_classes=10, image_size=SIZE, cpu_threads=1,
-                                backbone={"width_mult": 0.25}, ssd={"min_scale": 0.12, "max_scale": 0.9},
+                                backbone={"width_mult": 0.25}, ssd=RECIPE["model"]["ssd"],
                                 optim={"name": "adamw", "lr": 0.01, "weight_decay": 0.0, "schedule": "cosine",
                                        "warmup_epochs": 1})  # fmt: skip
         trainer = pl.Trainer(accelerator="cpu", logger=CSVLogger(tmp_path / "runs", name="real"),

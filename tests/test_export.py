@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from backbone import mobilenet_v1
-from backbone.export import export_onnx, fuse_for_inference, main_export, onnx_session, run_onnx
+from backbone.export import (
+    cpu_flags,
+    export_onnx,
+    fuse_for_inference,
+    main_export,
+    needs_reduced_range,
+    onnx_session,
+    run_onnx,
+)
 from backbone.weights import save_weights
 
 
@@ -103,8 +111,8 @@ def test_cli_int8_backbone_is_quantized_per_channel(tmp_path, capsys):
     assert len(conv_weights) == 27  # the stem and 13 depthwise + 13 pointwise convs
     assert all(list(scale.dims) == [weight.dims[0]] for weight, scale in conv_weights)
     assert read_metadata(out)["int8"] == {
-        "per_channel": True, "calibration_images": 8, "format": "QDQ", "activations": "U8", "weights": "S8",
-        "method": "MinMax",
+        "per_channel": True, "calibration_images": 8, "format": "QDQ", "activations": "U8",
+        "weights": "S7" if needs_reduced_range() else "S8", "method": "MinMax",
     }  # fmt: skip
     x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(9)) * 2 - 1
     with torch.inference_mode():
@@ -124,3 +132,16 @@ def test_cli_int8_needs_calibration_and_rejects_it_without_int8(tmp_path, capsys
         main_export(["--out", str(tmp_path / "m.onnx"), "--calibration-synthetic", "4"])
     assert "only apply with --int8" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_weights_keep_to_7_bits_only_on_an_x86_cpu_without_vnni(tmp_path):
+    assert needs_reduced_range({"sse4_2", "avx2", "fma"})  # U8S8 pair sums saturate in 16 bits
+    assert not needs_reduced_range({"avx2", "avx512f", "avx512_vnni"})
+    assert not needs_reduced_range({"avx2", "avx_vnni"})
+    assert not needs_reduced_range(set())  # not x86 (an ARM CPU's flags hold no avx2)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2"}
+    assert cpu_flags(tmp_path / "missing") is None
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\n")  # ARM Linux
+    assert cpu_flags(cpuinfo) is None

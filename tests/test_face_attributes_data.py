@@ -242,6 +242,61 @@ def test_attribute_csv_errors_name_the_file_and_line(tmp_path, body, message):
         AttributeCSV(path)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"a.jpg,1\n\xe9t\xe9.jpg,0\n", r"labels.csv:3: bytes that are not UTF-8 text"),  # Latin-1
+        (b"a.jpg,1\nb.jpg," + b"1" * 140_000 + b"\n", r"labels.csv:3: not a CSV record \(field larger"),
+        (b"../up.jpg,1\n", r"labels.csv:2: image name '../up.jpg' must be a path relative to the"),
+        (b"a.jpg,1\n/etc/x.jpg,0\n", r"labels.csv:3: image name '/etc/x.jpg' must be a path relative"),
+        (b"C:\\faces\\a.jpg,1\n", r"labels.csv:2: image name 'C:\\\\faces"),
+        (b",1\n", r"labels.csv:2: image name '' must be"),
+        (b"", r"labels.csv: lists no images"),
+    ],
+)
+def test_attribute_csv_refuses_bytes_records_and_names_it_cannot_use(tmp_path, data, message):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"image,Smiling\n" + data)
+    with pytest.raises(AttributeFormatError, match=message):
+        AttributeCSV(path, tmp_path)
+
+
+def test_celeba_files_it_cannot_use_are_errors_naming_the_file_and_line(tmp_path):
+    lines = attr_txt_lines()
+    root = write_official(tmp_path / "latin1", lines)
+    (root / "list_attr_celeba.txt").write_bytes("\n".join(lines[:4] + ["caf\u00e9.jpg" + lines[4][6:]])
+                                               .encode("latin-1"))  # fmt: skip
+    with pytest.raises(AttributeFormatError, match=r"list_attr_celeba.txt:5: bytes that are not UTF-8"):
+        CelebA(root, "train")
+    (root / "list_attr_celeba.txt").write_bytes(b"9\nSmiling \xff\n")
+    with pytest.raises(AttributeFormatError, match=r"list_attr_celeba.txt:2: bytes that are not UTF-8"):
+        read_attribute_names(root / "list_attr_celeba.txt")
+
+    escaping = [f"{image_name(i)} {p}" for i, p in enumerate(PARTITION)] + ["../../etc/passwd 0"]
+    root = write_official(tmp_path / "escaping", partition=escaping)
+    with pytest.raises(AttributeFormatError, match=r"partition.txt:10: image name '../../etc/passwd'"):
+        CelebA(root, "train")
+    lines = attr_txt_lines()
+    lines[3] = "/abs/000002.jpg" + lines[3][len("000002.jpg"):]
+    root = write_official(tmp_path / "absolute", lines)
+    with pytest.raises(AttributeFormatError, match=r"list_attr_celeba.txt:4: image name '/abs/000002.jpg'"):
+        CelebA(root, "train")
+
+
+def test_a_split_without_images_is_an_error_naming_the_partition(tmp_path):
+    """Not "none of the listed images exists": every image is there, the partition has no test rows."""
+    rows = [f"{image_name(i)} {min(p, 1)}" for i, p in enumerate(PARTITION)]
+    root = write_official(tmp_path, partition=rows)
+    assert len(CelebA(root, "valid")) == 5
+    with pytest.raises(AttributeFormatError, match=r"list_eval_partition.txt: no images of split 'test'"):
+        CelebA(root, "test")
+    rows = [f"{image_name(i)} {max(p, 1)}" for i, p in enumerate(PARTITION)]
+    (root / "list_eval_partition.txt").write_text("\n".join(rows) + "\n")
+    distill = FaceAttributesDataModule("celeba", str(root), train_on="unlabeled", num_workers=0)
+    with pytest.raises(AttributeFormatError, match=r"no images of split 'train'"):
+        distill.make_dataset("train")  # the unlabeled train images come from the partition alone
+
+
 def test_celeba_text_file_parser_accepts_celebamask_hq_style_counts(tmp_path):
     path = tmp_path / "CelebAMask-HQ-attribute-anno.txt"
     path.write_text("2\nBald Smiling \n0.jpg  1 -1\n1.jpg -1  1\n")

@@ -21,6 +21,8 @@ from tasks.geolocation.cells import (
     partition,
     partitions,
     read_cells_csv,
+    to_lat_lon,
+    to_xyz,
     write_cells_csv,
 )
 
@@ -52,6 +54,38 @@ def test_parent_and_level_arithmetic_matches_s2cell():
         assert contains(parent_ids(ids, level), ids).all()
     other = parent_ids(ids[::-1], 5)
     assert not contains(other[:100], ids[:100]).all()
+
+
+def edge_points(rng: np.random.Generator, cells: int = 400) -> np.ndarray:
+    """(lat, lon) rows where a last-bit difference would show: poles, the antimeridian, signed zeros,
+    cube-face edges and corners (|x| = |y|, |z| = |x|: lat 35.26..), and the centres of random cells of
+    every level, each of which is the shared corner of four children (a leaf-cell boundary)."""
+    lats = [-90.0, 90.0, 0.0, -0.0, 45.0, -45.0, 35.26438968275465, -35.26438968275465, 89.9999999, 1e-300]
+    lons = [-180.0, 180.0, 0.0, -0.0, 45.0, -45.0, 90.0, -90.0, 135.0, -135.0, 179.99999999, -1e-300]
+    points = [(a, b) for a in lats for b in lons]
+    leaves = [s2cell.lat_lon_to_cell_id(a, b, 30) for a, b in rng.uniform([-90, -180], [90, 180], (cells, 2))]
+    for leaf, level in zip(leaves, rng.integers(0, 30, cells), strict=True):
+        points.append(centre(s2cell.cell_id_to_parent_cell_id(leaf, int(level))))
+    return np.array(points)
+
+
+def test_array_leaf_ids_are_s2cells_bit_for_bit(monkeypatch):
+    """`leaf_cell_ids` (vectorised, a chunk at a time) against one `s2cell` call per point: random points
+    on the sphere and `edge_points`, over several chunks."""
+    import tasks.geolocation.cells as cells
+
+    monkeypatch.setattr(cells, "LEAF_CHUNK", 1000)
+    rng = np.random.default_rng(7)
+    uniform = np.stack([np.degrees(np.arcsin(rng.uniform(-1, 1, 4000))), rng.uniform(-180, 180, 4000)], 1)
+    lat, lon = np.concatenate([uniform, edge_points(rng)]).T
+    ids = leaf_cell_ids(lat, lon)
+    assert ids.dtype == np.uint64 and len(ids) == len(lat) > 4500
+    assert ids.tolist() == [
+        s2cell.lat_lon_to_cell_id(a, b, 30) for a, b in zip(lat.tolist(), lon.tolist(), strict=True)
+    ]
+    assert leaf_cell_ids([], []).shape == (0,)
+    with pytest.raises(ValueError, match="one length"):
+        leaf_cell_ids([1.0, 2.0], [3.0])
 
 
 def hand_made_points() -> tuple[list[tuple[float, float]], dict]:
@@ -148,6 +182,24 @@ def test_cell_mean_is_taken_on_the_sphere():
     assert (
         abs(abs(part.mean_lon[0]) - 180) < 1e-6 and abs(part.mean_lat[0]) < 1e-9
     )  # the planar mean says lon 0
+
+
+def test_cell_means_are_the_plain_sums_over_their_photos(monkeypatch):
+    """`spherical_means` (unit vectors made a chunk at a time, one bincount over all photos) gives to the
+    last bit the normalised sum of each kept cell's photos, added one by one in photo order; dropped
+    photos count nowhere."""
+    import tasks.geolocation.cells as cells
+
+    monkeypatch.setattr(cells, "LEAF_CHUNK", 500)
+    lat, lon = clustered(3000, seed=2)
+    part, classes = partition(leaf_cell_ids(lat, lon), lat, lon, t_max=200, t_min=15)
+    assert (classes == -1).any() and len(part) > 5
+    xyz, sums = to_xyz(lat, lon).tolist(), [[0.0, 0.0, 0.0] for _ in range(len(part))]
+    for cell, vector in zip(classes.tolist(), xyz, strict=True):
+        if cell >= 0:
+            sums[cell] = [total + value for total, value in zip(sums[cell], vector, strict=True)]
+    mean_lat, mean_lon = to_lat_lon(np.array(sums))
+    assert np.array_equal(part.mean_lat, mean_lat) and np.array_equal(part.mean_lon, mean_lon)
 
 
 def test_coarse_partitions_contain_the_fine_ones_and_cells_csv_round_trips(tmp_path):

@@ -9,10 +9,12 @@ import socket
 
 import numpy as np
 import pytest
+import s2cell
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+from tasks.geolocation.cells import partition
 from tasks.geolocation.data import (
     FolderImages,
     GeoImages,
@@ -172,6 +174,35 @@ def test_osv5m_layout_trains_from_its_image_folders(tmp_path):
     images, target = next(iter(data.train_dataloader()))
     assert images.shape == (4, 3, 32, 32) and target["cells"].shape == (4, 2)
     assert set(target["country"]) <= {"FR", "AU"} and (target["cells"] >= 0).all()
+
+
+def test_data_module_partitions_and_labels_equal_the_per_photo_s2cell_path(tmp_path):
+    """The set-up's shortcuts (vectorised leaf ids, made once for partitioning and labelling, labels
+    filled a partition at a time) against the straightforward path: one `s2cell` call per photo, and
+    `partition`'s own class of every photo."""
+    rng = np.random.default_rng(5)
+    city = rng.integers(0, 12, 3000)
+    lat = np.clip(rng.uniform(-60, 70, 12)[city] + rng.normal(0, 0.3, 3000), -90, 90)
+    lon = (rng.uniform(-180, 180, 12)[city] + rng.normal(0, 0.3, 3000) + 180) % 360 - 180
+    pairs = list(zip(lat.tolist(), lon.tolist(), strict=True))
+    rows = "".join(f"p{i}.jpg,{a!r},{b!r}\n" for i, (a, b) in enumerate(pairs))
+    (tmp_path / "train.csv").write_text("IMG_ID,LAT,LON\n" + rows)
+    csv_path, root = str(tmp_path / "train.csv"), str(tmp_path)
+    data = GeolocationDataModule("csv", train_csv=csv_path, train_images=root, val_csv=csv_path,
+                                 val_images=root, t_max=[400, 60], t_min=8, num_workers=0)  # fmt: skip
+    data.setup("fit")
+    table = data.table("train")
+    assert np.array_equal(table.lat, lat) and np.array_equal(table.lon, lon)
+    leaves = np.array([s2cell.lat_lon_to_cell_id(a, b, 30) for a, b in pairs], np.uint64)
+    labels = data.splits["train"].labels
+    for k, t_max in enumerate([400, 60]):
+        part, classes = partition(leaves, lat, lon, t_max=t_max, t_min=8)
+        assert np.array_equal(data.partitions[k].cell_id, part.cell_id)
+        assert np.array_equal(data.partitions[k].count, part.count)
+        assert np.array_equal(labels[:, k], classes) and (classes == -1).any() and len(part) > 5
+    assert labels.dtype == np.int64 and np.array_equal(data.splits["val"].labels, labels)
+    assert np.array_equal(data.assign(lat, lon), labels)
+    assert not data._leaves  # the shared leaf ids are let go once every split is labelled
 
 
 def test_synthetic_set_is_deterministic_and_test_photos_differ_from_training_photos():

@@ -3,56 +3,23 @@
 Each generated input either loads or raises the suite's own error type (ValueError and its
 subclasses `PairsFormatError`, `ImageReadError`, ...) with the file named in the message; never a
 KeyError, IndexError, TypeError or a library's exception. Inputs are mostly near-valid records with
-one or more fields broken, so both the happy path and each check are reached. `SEEN` counts the
-inputs each parser received (printed at the end of the module: `pytest -s` shows it).
+one or more fields broken, so both the happy path and each check are reached. The inputs each parser
+received are counted (`helpers.fuzz.COUNTS`; `pytest -s -k fuzz` prints a line per parser).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 import scipy.io
-from hypothesis import HealthCheck, given, settings
+from helpers.fuzz import COUNTS, FUZZ, assert_suite_error, clean_folder, fuzz_workdir  # noqa: F401 - fixture
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
 from tasks.common.io import ImageReadError
-
-EXAMPLES = 200
-SEEN: Counter = Counter()
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,  # the same inputs in every CI run
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    database=None,
-)
-
-
-@pytest.fixture(scope="module")
-def workdir():
-    path = Path(tempfile.mkdtemp(prefix="fuzz-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-    print("\nreliability fuzz: generated inputs per parser:", dict(SEEN))
-
-
-def _clean(folder: Path) -> Path:
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
-
-
-def assert_suite_error(err: BaseException, path: Path) -> None:
-    assert isinstance(err, ValueError), f"{type(err).__name__} is not the suite's error: {err}"
-    assert str(path) in str(err), f"error does not name {path}: {err}"
-
 
 # -- JSON values ---------------------------------------------------------------------------------
 scalars = st.one_of(
@@ -145,7 +112,7 @@ def test_coco_json_loads_or_names_the_file(workdir, document, non_utf8, train):
     from tasks.detection.data import CocoDetection
     from tasks.detection.metrics import evaluate_coco
 
-    SEEN["COCO JSON"] += 1
+    tally = COUNTS.saw("COCO JSON")
     path = workdir / "instances.json"
     text = json.dumps(document)
     if non_utf8 == 0:  # a Latin-1 file: not JSON's UTF-8
@@ -156,16 +123,18 @@ def test_coco_json_loads_or_names_the_file(workdir, document, non_utf8, train):
         dataset = CocoDetection(workdir, path, train=train)
     except Exception as err:  # noqa: BLE001 - the assertion is on its type and message
         assert_suite_error(err, path)
+        tally["refused"] += 1
         return
-    SEEN["COCO JSON: loaded"] += 1
+    tally["loaded"] += 1
     assert len(dataset) <= len(document["images"])
     assert len(dataset._boxes) == len(dataset._labels) == dataset._offsets[-1]
     try:  # what loads for training is scored by evaluation, or refused with a clear error
         evaluation = evaluate_coco(path, [])
     except Exception as err:  # noqa: BLE001
         assert_suite_error(err, path)
+        tally["refused by evaluation"] += 1
         return
-    SEEN["COCO JSON: evaluated"] += 1
+    tally["evaluated"] += 1
     assert evaluation["AP"] in (0.0, -1.0)
 
 
@@ -250,8 +219,8 @@ def _write_list(path: Path, content) -> None:
 def test_stanford_dogs_lists_load_or_name_the_file(workdir, lists):
     from tasks.finegrained.data import StanfordDogs
 
-    SEEN["Stanford Dogs .mat"] += 1
-    root = _clean(workdir / "dogs")
+    tally = COUNTS.saw("Stanford Dogs .mat")
+    root = clean_folder(workdir / "dogs")
     (root / "Images").mkdir()
     (root / "lists").mkdir()
     _write_list(root / "lists" / "train_list.mat", lists[0])
@@ -261,8 +230,9 @@ def test_stanford_dogs_lists_load_or_name_the_file(workdir, lists):
             dogs = StanfordDogs(root, split)
         except Exception as err:  # noqa: BLE001
             assert_suite_error(err, root / "lists")
+            tally[f"{split} refused"] += 1
             continue
-        SEEN["Stanford Dogs .mat: loaded"] += 1
+        tally[f"{split} loaded"] += 1
         assert all(0 <= label < len(dogs.classes) for _, label in dogs.samples)
 
 
@@ -312,15 +282,16 @@ def pairs_text(draw):
 def test_lfw_pairs_load_or_name_the_file(workdir, data):
     from tasks.face_embedding.lfw import read_pairs
 
-    SEEN["LFW pairs.txt"] += 1
+    tally = COUNTS.saw("LFW pairs.txt")
     path = workdir / "pairs.txt"
     path.write_bytes(data)
     try:
         pairs = read_pairs(path)
     except Exception as err:  # noqa: BLE001
         assert_suite_error(err, path)
+        tally["refused"] += 1
         return
-    SEEN["LFW pairs.txt: loaded"] += 1
+    tally["loaded"] += 1
     header = data.decode().split()
     assert len(pairs) == 2 * int(header[0]) * int(header[1])
     assert all(p.number1 >= 1 and p.number2 >= 1 for p in pairs)
@@ -349,8 +320,8 @@ def _write_entry(path: Path, kind: str) -> None:
 def test_identity_folders_load_or_name_the_folder(workdir, people, loose):
     from tasks.face_embedding.data import IdentityFolder
 
-    SEEN["identity folders"] += 1
-    root = _clean(workdir / "faces")
+    tally = COUNTS.saw("identity folders")
+    root = clean_folder(workdir / "faces")
     for name, entries in people:
         (root / name).mkdir(exist_ok=True)
         for file_name, kind in entries:
@@ -363,8 +334,9 @@ def test_identity_folders_load_or_name_the_folder(workdir, people, loose):
         faces = IdentityFolder(root)
     except Exception as err:  # noqa: BLE001
         assert_suite_error(err, root)
+        tally["refused"] += 1
         return
-    SEEN["identity folders: loaded"] += 1
+    tally["loaded"] += 1
     assert len(faces.identities) == len(set(faces.labels))
     for index in range(len(faces)):
         try:

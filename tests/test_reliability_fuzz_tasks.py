@@ -1,109 +1,36 @@
-"""Garbage in, clear error out (issue 16), for the geolocation photo CSVs: property-based tests of the
-MP-16 / Im2GPS3k / OSV-5M layouts and custom column names. (CelebA's files are not fuzzed yet: a draft
-found crashes the parsers do not handle, see the closing note of 2026-12-02.)
+"""Garbage in, clear error out (issue 16), for the geolocation photo CSVs and the face-attribute label
+files: property-based tests of the MP-16 / Im2GPS3k / OSV-5M layouts and custom column names, of CelebA's
+official text files, Kaggle's CSV copy and any attribute CSV, and of image names that would escape the
+image folder, across every parser that reads image paths from a file.
 
 As in `test_reliability_fuzz.py`: inputs are near-valid files with a few lines broken (a value, a field
 count, the header, quoting, encoding, a repeated record), and each either loads, with the table
-consistent, or raises the suite's own error (a `ValueError` subclass) naming the file; never a
-KeyError, IndexError, TypeError, a decoder's traceback or a crash from deep inside. Sizes are bounded
-(a handful of rows, one over-long field of ~140 kB at most), so the module needs a few MB. `SEEN`
-counts the inputs each parser received (`pytest -s` prints it).
+consistent, or raises the suite's own error (a `ValueError` subclass) naming the file and the line; never
+a KeyError, IndexError, TypeError, a decoder's or `csv`'s traceback or a crash from deep inside. Sizes are
+bounded (a handful of rows, one over-long field of ~140 kB at most), so the module needs a few MB. The
+inputs each parser saw are counted (`pytest -s -k fuzz` prints them).
 """
 
 from __future__ import annotations
 
-import re
-import shutil
-import tempfile
-from collections import Counter
-from pathlib import Path
+import json
+from functools import partial
 
 import numpy as np
 import pytest
+from helpers.fuzz import (  # noqa: F401 - fuzz_workdir: the `workdir` fixture
+    COUNTS,
+    FUZZ,
+    assert_names_line,
+    clean_folder,
+    encoded,
+    fuzz_workdir,
+    mutated_lines,
+)
 from hypothesis import given
 from hypothesis import strategies as st
-from test_reliability_fuzz import FUZZ, assert_suite_error
 
-SEEN: Counter = Counter()
-
-
-@pytest.fixture(scope="module")
-def workdir():
-    path = Path(tempfile.mkdtemp(prefix="fuzz-tasks-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-    print("\nreliability fuzz (tasks): generated inputs per parser:", dict(SEEN))
-
-
-def _clean(folder: Path) -> Path:
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
-
-
-def assert_names_line(err: BaseException, path: Path) -> None:
-    """The suite's error, naming the file, and the line wherever one row is to blame."""
-    assert_suite_error(err, path)
-    message = str(err)
-    whole_file = ("no usable rows", "says ", "no entry in", "is not in", "no images of split")
-    if not any(words in message for words in whole_file):
-        assert re.search(re.escape(str(path)) + r":\d+", message), f"no line number: {message}"
-
-
-# -- text-level mutations shared by both formats ---------------------------------------------------
-BAD_TOKENS = ["", " ", "x", "nan", "inf", "-inf", "1e400", "91", "-90.0001", "180.5", "\u00b2", "\u0661",
-              "9" * 40, '"', 'a"b', "\x00", "1;2", "\u00e9", "..", "../up.jpg", "/abs.jpg", "C:\\d.jpg",
-              "0", "1", "-1", "2", "+1", "1.0", "-0"]  # fmt: skip
-
-
-@st.composite
-def mutated_lines(draw, lines: list[list[str]], *, protect_header: bool = False):
-    """0-4 mutations of a tokenised file: a token replaced, a field dropped or added, a line removed,
-    duplicated or blanked, two lines swapped."""
-    lines = [list(line) for line in lines]
-    first = 1 if protect_header else 0
-    for _ in range(draw(st.integers(0, 4))):
-        if len(lines) <= first:
-            break
-        at = draw(st.integers(first, len(lines) - 1))
-        op = draw(st.sampled_from(["token", "token", "drop field", "add field", "drop line",
-                                   "duplicate line", "blank line", "swap"]))  # fmt: skip
-        if op == "token" and lines[at]:
-            lines[at][draw(st.integers(0, len(lines[at]) - 1))] = draw(st.sampled_from(BAD_TOKENS))
-        elif op == "drop field" and lines[at]:
-            lines[at].pop(draw(st.integers(0, len(lines[at]) - 1)))
-        elif op == "add field":
-            lines[at].append(draw(st.sampled_from(BAD_TOKENS)))
-        elif op == "drop line":
-            lines.pop(at)
-        elif op == "duplicate line":
-            lines.insert(at, list(lines[at]))
-        elif op == "blank line":
-            lines.insert(at, [])
-        elif op == "swap":
-            other = draw(st.integers(first, len(lines) - 1))
-            lines[at], lines[other] = lines[other], lines[at]
-    return lines
-
-
-@st.composite
-def encoded(draw, text: str) -> bytes:
-    """UTF-8 (with or without a BOM, LF or CRLF), Latin-1, a stray invalid byte, or an over-long field."""
-    if draw(st.booleans()):
-        text = text.replace("\n", "\r\n")
-    how = draw(st.sampled_from(["utf-8", "utf-8", "utf-8", "bom", "latin-1", "invalid byte", "long field"]))
-    if how == "bom":
-        return b"\xef\xbb\xbf" + text.encode("utf-8")
-    if how == "latin-1":
-        return text.encode("latin-1", "replace")
-    data = text.encode("utf-8")
-    if how == "invalid byte" and data:
-        at = draw(st.integers(0, len(data) - 1))
-        return data[:at] + b"\xff\xfe" + data[at:]
-    if how == "long field":  # over csv's 128 kB field limit
-        return data + b"long.jpg,1,2," + b"7" * 140_000 + b"\n"
-    return data
-
+from tasks.common.io import unsafe_relative_name
 
 # -- geolocation photo CSVs ------------------------------------------------------------------------
 OSV5M_HEADER = ["id", "latitude", "longitude", "thumb_original_url", "country", "sequence", "captured_at",
@@ -121,9 +48,8 @@ LAYOUTS = {  # header, a row maker, the column names to pass (custom layouts onl
 
 
 @st.composite
-def photo_csv(draw):
-    """(layout, bytes, column options, skip_bad_rows): a valid CSV of one layout, then mutations."""
-    layout = draw(st.sampled_from(sorted(LAYOUTS)))
+def photo_csv(draw, layout: str):
+    """(bytes, column options, skip_bad_rows): a valid CSV of `layout`, then mutations."""
     header, row, options = LAYOUTS[layout]
     coordinate = st.floats(-90, 90, allow_nan=False).map(lambda v: f"{v:.5f}")
     lines = [list(header)]
@@ -144,33 +70,198 @@ def photo_csv(draw):
     text = "\n".join(",".join(line) for line in lines) + draw(st.sampled_from(["", "\n"]))
     if draw(st.integers(0, 7)) == 0:
         text = draw(st.sampled_from(['"unterminated,1,2\n', "\x00\x00\n", ",,,\n", "IMG_ID\n", ""])) + text
-    return layout, draw(encoded(text)), options, draw(st.booleans())
+    return draw(encoded(text)), options, draw(st.booleans())
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))  # one run each: every layout reaches its happy path
 @FUZZ
-@given(case=photo_csv())
-def test_geolocation_photo_csvs_load_or_name_the_file_and_line(workdir, case):
+@given(case=st.data())
+def test_geolocation_photo_csvs_load_or_name_the_file_and_line(workdir, layout, case):
     from tasks.geolocation.data import GeoImages, read_photo_csv
 
-    layout, data, options, skip = case
-    SEEN[f"geolocation CSV ({layout})"] += 1
+    data, options, skip = case.draw(photo_csv(layout), label="file")
+    tally = COUNTS.saw(f"geolocation CSV ({layout})")
     path = workdir / "photos.csv"
     path.write_bytes(data)
     try:
         table = read_photo_csv(path, skip_bad_rows=skip, **options)
     except Exception as err:  # noqa: BLE001 - the assertion is on its type and message
         assert_names_line(err, path)
+        tally["refused"] += 1
         return
-    SEEN[f"geolocation CSV ({layout}): loaded"] += 1
+    tally["loaded"] += 1
     n = len(table)
     assert n >= 1 and len(table.lat) == len(table.lon) == len(table.lines) == n
     assert np.all(np.abs(table.lat) <= 90) and np.all(np.abs(table.lon) <= 180)
-    assert len(set(table.ids)) == n and all(key and ".." not in key.split("/") for key in table.ids)
+    assert len(set(table.ids)) == n and not any(unsafe_relative_name(key) for key in table.ids)
     assert np.all(np.diff(table.lines) > 0)
     for column in table.extra.values():
         assert len(column) == n and all(isinstance(value, str) for value in column)
-    root = _clean(workdir / "geo-images")
+    if table.skipped:
+        tally["loaded with rows skipped"] += 1
+    root = clean_folder(workdir / "geo-images")
     images = GeoImages(table, root)  # builds without touching the (missing) images
-    assert all(str(images.path(i)).startswith(str(root)) for i in range(n))
+    assert all(images.path(i).resolve().is_relative_to(root.resolve()) for i in range(n))
 
 
+# -- CelebA files and attribute CSVs ---------------------------------------------------------------
+ATTRIBUTE_NAMES = ["Smiling", "Male", "Bald", "Young"]
+CELEBA_FILES = {  # layout: (attribute file, partition file)
+    "official": ("list_attr_celeba.txt", "list_eval_partition.txt"),
+    "kaggle": ("list_attr_celeba.csv", "list_eval_partition.csv"),
+    "csv": ("labels.csv", None),
+}
+
+
+def _celeba_text(lines: list[list[str]]) -> str:
+    """CelebA's own spacing: the count, the names with a trailing space, values right-aligned in 3."""
+    rendered = [" ".join(line) + " " if number == 1 else "".join([line[0], *(f"{t:>3}" for t in line[1:])])
+                if line else "" for number, line in enumerate(lines)]  # fmt: skip
+    return "\n".join(rendered) + "\n"
+
+
+@st.composite
+def celeba_files(draw, layout: str):
+    """{file name: bytes}: CelebA's attribute and partition files in the official (text) or Kaggle (CSV)
+    layout, or one attribute CSV of 0/1 or -1/1 values; valid (every split has images), then each file
+    mutated line by line and encoded (Latin-1, a stray byte, a BOM, CRLF, a field over csv's limit)."""
+    names = draw(st.lists(st.sampled_from(ATTRIBUTE_NAMES), min_size=1, max_size=4, unique=True))
+    count = draw(st.integers(1 if layout == "csv" else 3, 6))
+    folder = draw(st.sampled_from(["", "faces/"])) if layout == "csv" else ""
+    images = [f"{folder}{i + 1:06d}.jpg" for i in range(count)]
+    negative = "0" if layout == "csv" and draw(st.booleans()) else "-1"
+    rows = [[image, *(draw(st.sampled_from([negative, "1"])) for _ in names)] for image in images]
+    splits = draw(st.permutations(["0", "1", "2"])) + [str(draw(st.integers(0, 2))) for _ in images[3:]]
+    partition = [[image, split] for image, split in zip(images, splits, strict=False)]
+    attributes_name, partition_name = CELEBA_FILES[layout]
+    if layout == "official":
+        texts = {attributes_name: _celeba_text(draw(mutated_lines([[str(count)], names, *rows]))),
+                 partition_name: "\n".join(" ".join(line) for line in draw(mutated_lines(partition))) + "\n"}
+    else:
+        first = "image" if layout == "csv" else "image_id"
+        texts = {attributes_name: [[first, *names], *rows]}
+        if partition_name:
+            texts[partition_name] = [["image_id", "partition"], *partition]
+        texts = {file: "\n".join(",".join(line) for line in draw(mutated_lines(lines))) + "\n"
+                 for file, lines in texts.items()}  # fmt: skip
+    return {file: draw(encoded(text)) for file, text in texts.items()}
+
+
+def _check_attribute_table(table, images_seen: set) -> None:
+    n = len(table)
+    assert n >= 1 and table.values.shape == (n, len(table.attributes)) and table.values.dtype == np.uint8
+    assert set(np.unique(table.values)) <= {0, 1}
+    assert len(set(table.images)) == n and not any(unsafe_relative_name(image) for image in table.images)
+    assert np.all(np.diff(table.lines) > 0) and len(table.lines) == n
+    assert not images_seen & set(table.images), "an image in two splits"
+    images_seen |= set(table.images)
+
+
+@pytest.mark.parametrize("layout", sorted(CELEBA_FILES))
+@FUZZ
+@given(case=st.data())
+def test_celeba_and_attribute_files_load_or_name_the_file_and_line(workdir, layout, case):
+    from tasks.face_attributes.formats import (
+        find_celeba,
+        read_attribute_csv,
+        read_attribute_names,
+        read_celeba_split,
+    )
+
+    files = case.draw(celeba_files(layout), label="files")
+    tally = COUNTS.saw(f"face attributes ({layout})")
+    root = clean_folder(workdir / "celeba")
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    paths = [root / name for name in files]
+    if layout == "csv":
+        loads = {"rows": partial(read_attribute_csv, paths[0])}
+    else:
+        celeba = find_celeba(root)
+        loads = {split: partial(read_celeba_split, celeba, split) for split in ("train", "valid", "test")}
+    images_seen: set = set()
+    for split, load in loads.items():
+        try:
+            table = load()
+        except Exception as err:  # noqa: BLE001 - the assertion is on its type and message
+            assert_names_line(err, *paths)
+            tally[f"{split} refused"] += 1
+            continue
+        tally[f"{split} loaded"] += 1
+        _check_attribute_table(table, images_seen)
+        assert read_attribute_names(paths[0]) == table.attributes  # the cheap header read agrees
+
+
+# -- image names outside the image folder, refused by every parser that reads them ----------------
+unsafe_names = st.one_of(
+    st.tuples(
+        st.sampled_from(["../", "..\\", "/", "\\", "C:", "C:\\", "//server/share/", "faces/../../",
+                         "a\\..\\..\\"]),
+        st.sampled_from(["x.jpg", "faces/y.png", "..", ""]),
+    ).map("".join),
+    st.sampled_from(["..", "a\x00.jpg", "faces/\x00"]),
+)
+
+
+def _photo_csv(path, name):
+    path.write_text(f"IMG_ID,LAT,LON\nsafe/0.jpg,1.5,2.5\n{name},3.5,4.5\n")
+
+
+def _attribute_csv(path, name):
+    path.write_text(f"image,Smiling\nsafe/0.jpg,1\n{name},0\n")
+
+
+def _celeba_txt(path, name):
+    path.write_text(f"2\nSmiling Male \nsafe.jpg  1 -1\n{name} -1  1\n")
+
+
+def _partition_txt(path, name):
+    path.write_text(f"safe.jpg 0\n{name} 1\n")
+
+
+def _coco_json(path, name):
+    images = [{"id": 1, "file_name": "safe/0.jpg", "width": 8, "height": 8},
+              {"id": 2, "file_name": name, "width": 8, "height": 8}]  # fmt: skip
+    path.write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+
+
+def _coco_images(dataset, path):
+    return dataset(path.parent, path, train=False)
+
+
+def _parsers():
+    """name: (file name, writer of a file whose second record names `name`, loader, what to find in
+    the error: the line or record of that name)."""
+    from tasks.detection.data import CocoDetection
+    from tasks.face_attributes.formats import read_attribute_csv, read_celeba_attributes, read_partition
+    from tasks.geolocation.formats import read_photo_csv
+
+    return {
+        "photo CSV": ("photos.csv", _photo_csv, read_photo_csv, ":3:"),
+        "attribute CSV": ("labels.csv", _attribute_csv, read_attribute_csv, ":3:"),
+        "CelebA attributes": ("list_attr_celeba.txt", _celeba_txt, read_celeba_attributes, ":4:"),
+        "CelebA partition": ("list_eval_partition.txt", _partition_txt, read_partition, ":2:"),
+        "COCO JSON": ("instances.json", _coco_json, partial(_coco_images, CocoDetection), "images[1]"),
+    }
+
+
+@pytest.mark.parametrize("parser", ["photo CSV", "attribute CSV", "CelebA attributes", "CelebA partition",
+                                    "COCO JSON"])  # fmt: skip
+@FUZZ
+@given(name=unsafe_names)
+def test_image_names_outside_the_image_folder_are_refused_at_their_record(workdir, parser, name):
+    file_name, write, load, where = _parsers()[parser]
+    tally = COUNTS.saw(f"unsafe image names ({parser})")
+    assert unsafe_relative_name(name)
+    folder = clean_folder(workdir / "unsafe")
+    path = folder / file_name
+    write(path, "safe/1.jpg" if parser != "CelebA attributes" else "safe1.jpg")
+    load(path)  # the same file with a harmless name loads: the refusal below is the name's doing
+    write(path, name)
+    try:
+        load(path)
+    except ValueError as err:
+        assert str(path) in str(err) and where in str(err), err
+        tally["refused"] += 1
+        return
+    raise AssertionError(f"{parser} accepted the image name {name!r}")

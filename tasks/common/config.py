@@ -52,9 +52,17 @@ class OptimConfig:
     # `trainer.max_time`, so a recipe pointed at a data set of any size anneals just as time runs out.
     schedule_by: Literal["steps", "time"] = "steps"
     warmup_epochs: float = 0.0
+    # Warm-up as a share of the run instead (its steps, or its max_time with schedule_by: time): a
+    # budget-bound recipe then warms up for the same share of its time whatever the data size.
+    # When > 0 it replaces warmup_epochs.
+    warmup_share: float = 0.0
     step_epochs: float = 2.5  # TF-slim: x0.94 every 2.5 epochs
     step_gamma: float = 0.94
     min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.warmup_share < 1.0:
+            raise ValueError(f"optim.warmup_share must be in [0, 1), got {self.warmup_share}")
 
 
 def as_dataclass(cls: type[T], value: Any) -> T:

@@ -14,7 +14,7 @@ import logging
 import os
 import zlib
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -158,6 +158,19 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def unsafe_relative_name(name: str) -> bool:
+    """True for an image name from a data file that would read outside its image folder (or nothing):
+    empty, absolute, a drive, a `..` part (with `/` or `\\`), or a NUL byte. Every parser that takes
+    image paths from a file the user did not write (COCO `file_name`, CelebA and attribute CSV rows,
+    photo CSV ids) refuses these, since joining one to the image root would escape it."""
+    posix = name.replace("\\", "/")
+    if not posix or posix.startswith("/") or ".." in posix.split("/") or "\0" in name:
+        return True
+    # Windows: a name with a drive (which every absolute one not caught above has) holds a colon;
+    # parsing only those keeps a 5 M-row photo CSV from spending a minute in PureWindowsPath
+    return ":" in name and PureWindowsPath(name).drive != ""
 
 
 def pyplot():

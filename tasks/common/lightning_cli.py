@@ -1,9 +1,11 @@
 """One LightningCLI set-up for every task: run directories, loggers, checkpoints, default config.
 
 A run lands in `runs/<task>/<timestamp>/` with the saved `config.yaml`, TensorBoard events, a
-`metrics.csv`, `checkpoints/{best,last}.ckpt` and whatever plots the task writes. The same command
-scales out with `--trainer.strategy ddp --trainer.num_nodes N`: every rank shares the timestamp
-through the environment, so all ranks agree on the run directory.
+`metrics.csv`, `checkpoints/{best,last}.ckpt` and whatever plots the task writes. `fit --ckpt_path`
+of a run's checkpoint continues that run in place: both logs drop what a killed process logged after
+the checkpoint, and a deterministic run replays its epochs exactly. The same command scales out with
+`--trainer.strategy ddp --trainer.num_nodes N`: every rank shares the timestamp through the
+environment, so all ranks agree on the run directory.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 
+from jsonargparse import Namespace
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
@@ -28,6 +31,7 @@ from backbone.fileio import atomic_write
 
 RUNS_ROOT = Path("runs")
 RUN_VERSION_ENV = "MOBILENETS_RUN_VERSION"
+RESEED_CALLBACK = "tasks.common.lightning_cli.ReseedEveryEpoch"
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -94,7 +98,7 @@ def trainer_defaults(spec: TaskSpec, version: str) -> dict:
     best_name = "best-{epoch}-{step}"
     return {
         "logger": [
-            {"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": logger_args},
+            {"class_path": "tasks.common.lightning_cli.RunTensorBoardLogger", "init_args": logger_args},
             {"class_path": "tasks.common.lightning_cli.RunCSVLogger", "init_args": logger_args},
         ],
         "callbacks": [
@@ -183,8 +187,10 @@ def resolve_last_checkpoint(args: list[str], task: str) -> list[str]:
 
 class ReseedEveryEpoch(Callback):
     """Every training epoch draws its randomness from `(run seed, epoch)` alone, so a run resumed from a
-    checkpoint replays exactly what the uninterrupted run would have done. Opt-in (it changes which
-    random numbers a run draws, so recipes tuned without it would shift): add it to a run with
+    checkpoint replays exactly what the uninterrupted run would have done. Every run with
+    `--trainer.deterministic` gets it (`SuiteCLI` adds it), so a killed deterministic run resumes
+    exactly with no extra flag; other runs keep their random stream (it changes which random numbers a
+    run draws, so recipes tuned without it would shift) and may opt in with
     `--trainer.callbacks+=tasks.common.lightning_cli.ReseedEveryEpoch`, before the run starts.
 
     Without it the shuffle order and augmentation of epoch k depend on every random number drawn
@@ -276,7 +282,9 @@ class _AppendingWriter(ExperimentWriter):
     appends, dropping rows the killed run logged after the checkpoint it resumes from (`resume_step`),
     so replayed steps are not recorded twice."""
 
-    resume_step: int | None = None
+    def __init__(self, log_dir: str, resume_step: int | None) -> None:
+        self.resume_step = resume_step  # before the base class reads the old file
+        super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:
         path = Path(self.metrics_file_path)
@@ -297,13 +305,38 @@ class _AppendingWriter(ExperimentWriter):
 class RunCSVLogger(CSVLogger):
     """`CSVLogger` whose `metrics.csv` survives a resume into the same run directory."""
 
+    resume_step: int | None = None
+
+    def resume_at(self, step: int) -> None:
+        """This fit continues the run from a checkpoint at `step`: drop the rows logged at or after it."""
+        self.resume_step = step
+
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir, resume_step=self.resume_step)
         return self._experiment
+
+
+class RunTensorBoardLogger(TensorBoardLogger):
+    """`TensorBoardLogger` whose curves survive a resume into the same run directory. A process killed
+    mid-epoch leaves points for steps past its last checkpoint in the event files, which the resumed
+    run logs again; the resumed writer is opened with `purge_step` at the checkpoint's step, so
+    TensorBoard hides the killed process's points from there on and every step shows once. The
+    hyperparameters (and their `hp_metric` point at step 0) were logged when the run began and stay."""
+
+    resume_step: int | None = None
+
+    def resume_at(self, step: int) -> None:
+        """This fit continues the run from a checkpoint at `step`: hide the points logged at or after it."""
+        self.resume_step = step
+        self._kwargs["purge_step"] = step  # handed to the SummaryWriter made on the first write
+
+    def log_hyperparams(self, params, metrics=None, step=None) -> None:
+        if self.resume_step is None:
+            super().log_hyperparams(params, metrics, step)
 
 
 class SuiteCLI(LightningCLI):
@@ -312,10 +345,15 @@ class SuiteCLI(LightningCLI):
     spec: TaskSpec
     version: str
     runtime: tuple[str, str | None] = ("torch", None)  # `--runtime`, `--model FILE.onnx` (tasks.deploy)
+    resume_step: int | None = None  # the checkpoint's global step when this fit continues its own run
 
     def before_fit(self) -> None:
         if self.runtime[0] != "torch":
             raise SystemExit("--runtime applies to validate, test and predict; fit trains the PyTorch model")
+        if self.resume_step is not None:
+            for logger in self.trainer.loggers:
+                if isinstance(logger, (RunCSVLogger, RunTensorBoardLogger)):
+                    logger.resume_at(self.resume_step)
 
     def before_validate(self) -> None:
         from tasks.deploy import attach_cli_runtime
@@ -333,10 +371,16 @@ class SuiteCLI(LightningCLI):
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """`--trainer.enable_progress_bar false` (CI, logs to file) also drops the rich bar."""
+        """`--trainer.enable_progress_bar false` (CI, logs to file) also drops the rich bar; a
+        deterministic run also reseeds every epoch (`ReseedEveryEpoch`), once even if listed."""
         trainer = self.config[self.subcommand].trainer if self.subcommand else self.config.trainer
         if trainer.enable_progress_bar is False and trainer.callbacks:
             trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
+        if trainer.deterministic:  # True or "warn": either asks for a run that replays exactly
+            callbacks = trainer.callbacks or []
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            if all(c.class_path != RESEED_CALLBACK for c in callbacks):
+                trainer.callbacks = [*callbacks, Namespace(class_path=RESEED_CALLBACK, init_args=Namespace())]
         self._log_into_this_run(trainer.logger)
 
     def _log_into_this_run(self, loggers) -> None:
@@ -361,16 +405,17 @@ def run_task_cli(spec: TaskSpec, args: list[str]) -> LightningCLI:
 
     args, runtime = split_runtime_args(resolve_last_checkpoint(args, spec.name))
     ckpt = checkpoint_arg(args)
-    resume = _AppendingWriter.resume_step = None
+    resume = resume_step = None
     runs_nothing = any(arg in ("-h", "--help") or arg.startswith("--print_config") for arg in args)
     if ckpt is not None and not runs_nothing:
         state = check_checkpoint(ckpt)
         if args and args[0] == "fit":  # a resumed fit continues its own run: same directory, best kept
             resume = run_of_checkpoint(ckpt, spec.name)
             if resume is not None:
-                _AppendingWriter.resume_step = state["global_step"]
+                resume_step = state["global_step"]
     version = run_version(spec.name, args, resume=resume)
-    cli_class = type("TaskCLI", (SuiteCLI,), {"spec": spec, "version": version, "runtime": runtime})
+    attributes = {"spec": spec, "version": version, "runtime": runtime, "resume_step": resume_step}
+    cli_class = type("TaskCLI", (SuiteCLI,), attributes)
     return cli_class(
         load_object(spec.module),
         load_object(spec.datamodule),

@@ -61,19 +61,25 @@ def lr_factor(
 ) -> float:
     """Multiplier of the base learning rate at optimiser step `step` (linear warm-up, then the schedule).
 
-    With `time_progress` (the share of the time budget used, 0..1) the cosine follows the clock after
-    warm-up instead of the step count.
+    With `time_progress` (the share of the time budget used, 0..1) the cosine, and a `warmup_share`
+    warm-up, follow the clock instead of the step count.
     """
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    progress, share = None, cfg.warmup_share
+    warmup = 0 if share else int(cfg.warmup_epochs * steps_per_epoch)
+    if time_progress is not None:
+        progress = min(max(time_progress(), 0.0), 1.0)
+        if progress < share:
+            return max(progress / share, 1e-3)
+        progress = (progress - share) / (1 - share)
+    elif share:
+        warmup = int(share * total_steps)
     if step < warmup:
         return (step + 1) / warmup
     if cfg.schedule == "constant":
         return 1.0
     if cfg.schedule == "step":
         return cfg.step_gamma ** math.floor((step - warmup) / max(cfg.step_epochs * steps_per_epoch, 1))
-    if time_progress is not None:
-        progress = min(max(time_progress(), 0.0), 1.0)
-    else:
+    if progress is None:
         progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 

@@ -1,7 +1,8 @@
 """`mobilenets export --checkpoint`: a task run's whole model to ONNX, fp32 or static int8.
 
 int8 is `backbone.export.quantize_int8` (ONNX Runtime, `quant_pre_process`, QDQ, per-channel S8
-weights, U8 activations) calibrated on images drawn the task's own way (`exportables.py`).
+weights, 7-bit on an x86 CPU without VNNI, U8 activations) calibrated on images drawn the task's own
+way (`exportables.py`).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import io
 import json
 import logging
 import math
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
 from tasks.common.data import DEFAULT_NUM_WORKERS, TaskDataModule
-from tasks.common.io import SkipCounter, read_first_readable
+from tasks.common.io import SkipCounter, read_first_readable, unsafe_relative_name
 from tasks.common.transforms import to_model_input
 from tasks.detection.augment import detection_eval, detection_train
 from tasks.detection.synthetic import MARKER_FILE, synth_marker_matches, write_synth_shapes
@@ -58,19 +58,6 @@ def _is_number(value) -> bool:
 def _record_name(kind: str, number: int, record) -> str:
     rid = record.get("id") if isinstance(record, dict) else None
     return f"{kind}[{number}]" + (f" (id {rid!r:.40})" if rid is not None else "")
-
-
-def _unsafe_file_name(name: str) -> bool:
-    """A `file_name` that would read outside the image folder: absolute, a drive, or with `..`."""
-    posix = name.replace("\\", "/")
-    return (
-        not posix
-        or posix.startswith("/")
-        or PureWindowsPath(name).is_absolute()
-        or PureWindowsPath(name).drive != ""
-        or ".." in posix.split("/")
-        or "\0" in name
-    )
 
 
 def validate_coco(dataset: dict, path: str | Path, *, evaluation: bool = False) -> dict:
@@ -103,7 +90,7 @@ def validate_coco(dataset: dict, path: str | Path, *, evaluation: bool = False) 
             raise ValueError(f"{path}: {name} repeats image id {image['id']}")
         image_ids.add(image["id"])
         file_name = image["file_name"]
-        if not isinstance(file_name, str) or _unsafe_file_name(file_name):
+        if not isinstance(file_name, str) or unsafe_relative_name(file_name):
             raise ValueError(
                 f"{path}: {name} has file_name {file_name!r:.80}; it must be a path relative to the "
                 "image folder, without '..'"

@@ -15,7 +15,7 @@ from torch import nn
 from backbone import MobileNetV1
 from tasks.common.config import as_dataclass
 from tasks.detection.faster_rcnn import TF_ANCHOR_SIZES, faster_rcnn_mobilenet
-from tasks.detection.ssd import EXTRA_MIN_DEPTH, HeadKind, ssd_mobilenet
+from tasks.detection.ssd import EXTRA_MIN_DEPTH, SSD_END_POINTS, HeadKind, ssd_mobilenet
 
 Architecture = Literal["ssd", "frcnn"]
 
@@ -33,6 +33,9 @@ class SSDOptions:
     topk_candidates: int = 200
     iou_thresh: float = 0.5
     head: HeadKind = "conv1x1"
+    end_points: tuple[str, ...] = SSD_END_POINTS
+    reduce_lowest_layer: bool = True
+    lowest_layer_scale: float = 0.1
 
 
 @dataclass

@@ -22,11 +22,12 @@ from torch import nn
 from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
 from backbone import MobileNetV1, scaled_channels
-from backbone.mobilenet import ConvBNAct
+from backbone.mobilenet import ConvBNAct, truncated_normal_
 from tasks.detection.anchors import SSDAnchorGenerator, ssd_box_specs
 
 SSD_END_POINTS = ("Conv2d_11_pointwise", "Conv2d_13_pointwise")
 EXTRA_DEPTHS = (512, 256, 256, 128)
+HEAD_INIT_STDDEV = 0.03  # ssd_mobilenet_v1_coco.config: box predictor truncated_normal_initializer
 EXTRA_MIN_DEPTH = 16  # ssd_mobilenet_v1_coco.config: feature_extractor.min_depth
 HeadKind = Literal["conv1x1", "depthwise"]
 
@@ -108,6 +109,8 @@ class SSDPredictorHead(nn.Module):
             nn.init.zeros_(output.bias)
             if head == "depthwise":
                 context = ConvBNAct(channels, channels, kernel_size=3, groups=channels)
+                for conv in (context.conv, output):  # TF's box-predictor init, as SSDlite's head has it
+                    truncated_normal_(conv.weight, HEAD_INIT_STDDEV)
                 predictors.append(nn.Sequential(context, output))
             elif head == "conv1x1":
                 predictors.append(output)
@@ -136,15 +139,24 @@ def ssd_mobilenet(
     topk_candidates: int = 200,
     iou_thresh: float = 0.5,
     head: HeadKind = "conv1x1",
+    end_points: Sequence[str] = SSD_END_POINTS,
+    reduce_lowest_layer: bool = True,
+    lowest_layer_scale: float = 0.1,
 ) -> SSD:
     """SSD on a MobileNet body; `num_classes` counts foreground classes (background is added as 0).
 
     Inputs are expected in [-1, 1] already (`to_model_input`), so torchvision's normalisation is
     the identity, and at `image_size` square: its fixed-size resize then changes nothing.
     """
-    features = SSDFeatureExtractor(body, min_depth=extra_min_depth)
+    features = SSDFeatureExtractor(body, end_points=end_points, min_depth=extra_min_depth)
     anchors = SSDAnchorGenerator(
-        ssd_box_specs(num_layers=len(features.out_channels), min_scale=min_scale, max_scale=max_scale)
+        ssd_box_specs(
+            num_layers=len(features.out_channels),
+            min_scale=min_scale,
+            max_scale=max_scale,
+            reduce_boxes_in_lowest_layer=reduce_lowest_layer,
+            lowest_layer_scale=lowest_layer_scale,
+        )
     )
     predictor = SSDPredictorHead(
         features.out_channels, anchors.num_anchors_per_location(), num_classes + 1, head=head

@@ -42,7 +42,9 @@ from tasks.face_attributes.formats import (  # noqa: F401 - public here too
     read_attribute_csv,
     read_attribute_names,
     read_celeba_attributes,
+    read_celeba_split,
     read_partition,
+    split_images,
 )
 from tasks.face_attributes.synthetic import ATTRIBUTES, SyntheticAttributeFaces, SyntheticUnlabeledFaces
 
@@ -164,31 +166,18 @@ class CelebA(AttributeImages):
         if split not in CELEBA_SPLITS:
             raise ValueError(f"split must be one of {sorted(CELEBA_SPLITS)}, got {split!r}")
         self.layout = layout = find_celeba(root)
-        table = read_attribute_csv(layout.attributes, celeba=True) if layout.kaggle else (
-            read_celeba_attributes(layout.attributes))  # fmt: skip
-        if not layout.partition.is_file():
-            raise FileNotFoundError(f"{layout.partition}: CelebA partition file not found")
-        partition = read_partition(layout.partition)
-        check_partition_agrees(table, partition, layout.partition)
-        wanted = CELEBA_SPLITS[split]
-        rows = [i for i, image in enumerate(table.images) if partition[image][0] == wanted]
+        table = read_celeba_split(layout, split)
         self.split = split
         super().__init__(
-            layout.images,
-            [table.images[i] for i in rows],
-            table.values[rows],
-            table.attributes,
-            transform=transform,
+            layout.images, table.images, table.values, table.attributes, transform=transform,
             source=layout.attributes,
-        )
+        )  # fmt: skip
 
 
 def celeba_split_images(root: str | os.PathLike, split: str) -> tuple[Path, list[str]]:
     """(image folder, image names) of a CelebA split from the partition file alone: no labels read."""
     layout = find_celeba(root)
-    wanted = CELEBA_SPLITS[split]
-    names = [image for image, (value, _) in read_partition(layout.partition).items() if value == wanted]
-    return layout.images, names
+    return layout.images, split_images(read_partition(layout.partition), split, layout.partition)
 
 
 class AttributeCSV(AttributeImages):

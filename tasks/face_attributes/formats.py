@@ -10,19 +10,25 @@ any attribute CSV, and where each CelebA layout keeps them.
 * Any attribute CSV: `image,<attr>,...` with 0/1 or -1/1 values (one encoding per file).
 
 Attribute names always come from the file. A row with the wrong number of values, an unknown value, a
-duplicated image, bytes that are not UTF-8, or a partition file that disagrees with the attribute file is
-an `AttributeFormatError` naming the file and line.
+duplicated image, an image name that is not a path inside the image folder (absolute, `..`, empty), bytes
+that are not UTF-8, a line `csv` cannot split, or a partition file that disagrees with the attribute file
+is an `AttributeFormatError` naming the file and line; a file without rows, or a split without images, is
+one naming the file. Files are decoded whole (CelebA's largest is 26 MB), so a bad byte is placed on its
+line instead of surfacing as a decoder traceback halfway through a read.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tasks.common.io import unsafe_relative_name
 
 CELEBA_SPLITS = {"train": 0, "valid": 1, "val": 1, "test": 2}
 
@@ -43,6 +49,50 @@ class AttributeTable:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def rows(self, indices: Sequence[int]) -> AttributeTable:
+        """The table of the rows at `indices` (one split of a CelebA file)."""
+        return AttributeTable(self.path, self.attributes, [self.images[i] for i in indices],
+                              self.values[list(indices)], [self.lines[i] for i in indices])  # fmt: skip
+
+
+def _decode(path: Path, data: bytes, first_line: int = 1) -> str:
+    """`data` as UTF-8 text (a BOM dropped); bytes that are not UTF-8 are an error at their line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = first_line + data.count(b"\n", 0, err.start)
+        raise AttributeFormatError(
+            f"{path}:{line}: bytes that are not UTF-8 text ({err.reason} at byte {err.start}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def _read_text(path: Path) -> str:
+    return _decode(path, path.read_bytes())
+
+
+def _csv_rows(path: Path, text: str | io.TextIOBase):
+    """(line, fields) of each CSV record of `text` (a string, or a file opened with `newline=""`); a
+    record `csv` cannot split (a field over its 128 kB limit) is an error at its line."""
+    reader = csv.reader(io.StringIO(text, newline="") if isinstance(text, str) else text)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise AttributeFormatError(f"{path}:{reader.line_num}: not a CSV record ({err})") from None
+        yield reader.line_num, row
+
+
+def _check_image(path: Path, line: int, image: str) -> str:
+    if unsafe_relative_name(image):
+        raise AttributeFormatError(
+            f"{path}:{line}: image name {image!r:.80} must be a path relative to the image folder, "
+            "without '..'"
+        )
+    return image
 
 
 def _check_names(path: Path, line: int, names: Sequence[str]) -> list[str]:
@@ -89,6 +139,8 @@ class _Values:
 
 
 def _table(path: Path, names: list[str], rows: list[tuple[int, str, list[int]]]) -> AttributeTable:
+    if not rows:
+        raise AttributeFormatError(f"{path}: lists no images (only a header)")
     seen: dict[str, int] = {}
     for line, image, _ in rows:
         if image in seen:
@@ -102,14 +154,12 @@ def _table(path: Path, names: list[str], rows: list[tuple[int, str, list[int]]])
 def read_celeba_attributes(path: str | os.PathLike) -> AttributeTable:
     """`list_attr_celeba.txt` (also CelebAMask-HQ's `CelebAMask-HQ-attribute-anno.txt`)."""
     path = Path(path)
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
+    lines = _read_text(path).split("\n")  # not splitlines(): form feeds and the like do not end a line here
     if len(lines) < 2:
         raise AttributeFormatError(f"{path}: want the image count on line 1 and the names on line 2")
-    try:
-        count = int(lines[0].strip())
-    except ValueError:
-        raise AttributeFormatError(f"{path}:1: expected the number of images, got {lines[0]!r}") from None
+    if not (count_text := lines[0].strip()).isascii() or not count_text.isdigit():
+        raise AttributeFormatError(f"{path}:1: expected the number of images, got {lines[0]!r:.80}")
+    count = int(count_text)
     names = _check_names(path, 2, lines[1].split())
     converter = _Values(path, ("-1", "1"))
     rows = []
@@ -119,9 +169,10 @@ def read_celeba_attributes(path: str | os.PathLike) -> AttributeTable:
             continue
         if len(parts) != len(names) + 1:
             raise AttributeFormatError(
-                f"{path}:{number}: {parts[0]} has {len(parts) - 1} values for {len(names)} attributes"
+                f"{path}:{number}: {parts[0]:.80} has {len(parts) - 1} values for {len(names)} attributes"
             )
-        rows.append((number, parts[0], converter.row(number, parts[0], names, parts[1:])))
+        image = _check_image(path, number, parts[0])
+        rows.append((number, image, converter.row(number, image, names, parts[1:])))
     if len(rows) != count:
         raise AttributeFormatError(f"{path}:1: says {count} images but the file lists {len(rows)}")
     return _table(path, names, rows)
@@ -132,66 +183,83 @@ def read_attribute_csv(path: str | os.PathLike, *, celeba: bool = False) -> Attr
     path = Path(path)
     allowed = ("-1", "1") if celeba else ("-1", "0", "1")
     converter = _Values(path, allowed)
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise AttributeFormatError(f"{path}:1: empty file (want a header `image,<attr>,...`)")
-        names = _check_names(path, 1, header[1:])
-        rows = []
-        for row in reader:
-            number = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            image = row[0].strip()
-            if len(row) != len(names) + 1:
-                raise AttributeFormatError(
-                    f"{path}:{number}: {image} has {len(row) - 1} values for {len(names)} attributes"
-                )
-            rows.append((number, image, converter.row(number, image, names, row[1:])))
+    records = _csv_rows(path, _read_text(path))
+    _, header = next(records, (1, None))
+    if header is None:
+        raise AttributeFormatError(f"{path}:1: empty file (want a header `image,<attr>,...`)")
+    names = _check_names(path, 1, header[1:])
+    rows = []
+    for number, row in records:
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        image = row[0].strip()
+        if len(row) != len(names) + 1:
+            raise AttributeFormatError(
+                f"{path}:{number}: {image:.80} has {len(row) - 1} values for {len(names)} attributes"
+            )
+        _check_image(path, number, image)
+        rows.append((number, image, converter.row(number, image, names, row[1:])))
     return _table(path, names, rows)
 
 
 def read_attribute_names(path: str | os.PathLike) -> list[str]:
     """Just the names of an attribute file (line 2 of CelebA's text file, or a CSV header): cheap."""
     path = Path(path)
-    with open(path, encoding="utf-8") as handle:
-        if path.suffix.lower() == ".csv":
-            header = next(csv.reader(handle), None) or []
-            return _check_names(path, 1, header[1:])
+    if path.suffix.lower() == ".csv":  # the first record, which a quoted name may spread over lines
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+            line, header = next(_csv_rows(path, handle), (1, []))
+        try:
+            ",".join(header).encode("utf-8")
+        except UnicodeEncodeError:  # the bytes the decoder could not read, kept as lone surrogates
+            raise AttributeFormatError(f"{path}:{line}: header bytes that are not UTF-8 text") from None
+        return _check_names(path, 1, header[1:])
+    with open(path, "rb") as handle:
         handle.readline()
-        return _check_names(path, 2, handle.readline().split())
+        return _check_names(path, 2, _decode(path, handle.readline(), first_line=2).split())
 
 
 def read_partition(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
     """`list_eval_partition.txt` (`000001.jpg 0`) or `.csv` (`image_id,partition`): image -> (split, line)."""
     path = Path(path)
     entries: dict[str, tuple[int, int]] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        if path.suffix.lower() == ".csv":
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header[:2]] != ["image_id", "partition"]:
-                raise AttributeFormatError(f"{path}:1: want the header `image_id,partition`, got {header}")
-            records = ((reader.line_num, row) for row in reader)
-        else:
-            records = ((number, text.split()) for number, text in enumerate(handle, start=1))
-        for number, parts in records:
-            if not parts or all(not p.strip() for p in parts):
-                continue
-            if len(parts) != 2:
-                raise AttributeFormatError(f"{path}:{number}: want `<image> <0|1|2>`, got {parts}")
-            image, value = parts[0].strip(), parts[1].strip()
-            if value not in ("0", "1", "2"):
-                raise AttributeFormatError(
-                    f"{path}:{number}: {image} has partition {value!r} (0 train, 1 valid, 2 test)"
-                )
-            if image in entries:
-                raise AttributeFormatError(
-                    f"{path}:{number}: {image} is listed twice (first on line {entries[image][1]})"
-                )
-            entries[image] = (int(value), number)
+    text = _read_text(path)
+    if path.suffix.lower() == ".csv":
+        records = _csv_rows(path, text)
+        _, header = next(records, (1, None))
+        if header is None or [h.strip() for h in header[:2]] != ["image_id", "partition"]:
+            raise AttributeFormatError(f"{path}:1: want the header `image_id,partition`, got {header!r:.80}")
+    else:
+        records = ((number, line.split()) for number, line in enumerate(text.split("\n"), start=1))
+    for number, parts in records:
+        if not parts or all(not p.strip() for p in parts):
+            continue
+        if len(parts) != 2:
+            raise AttributeFormatError(f"{path}:{number}: want `<image> <0|1|2>`, got {parts!r:.80}")
+        image, value = _check_image(path, number, parts[0].strip()), parts[1].strip()
+        if value not in ("0", "1", "2"):
+            raise AttributeFormatError(
+                f"{path}:{number}: {image} has partition {value!r:.20} (0 train, 1 valid, 2 test)"
+            )
+        if image in entries:
+            raise AttributeFormatError(
+                f"{path}:{number}: {image} is listed twice (first on line {entries[image][1]})"
+            )
+        entries[image] = (int(value), number)
     return entries
+
+
+def split_images(partition: dict[str, tuple[int, int]], split: str, partition_path: Path) -> list[str]:
+    """The images of one split of a partition, in file order; a split without any is an error (it
+    would otherwise run and report nothing)."""
+    if split not in CELEBA_SPLITS:
+        raise ValueError(f"split must be one of {sorted(CELEBA_SPLITS)}, got {split!r}")
+    wanted = CELEBA_SPLITS[split]
+    images = [image for image, (value, _) in partition.items() if value == wanted]
+    if not images:
+        raise AttributeFormatError(
+            f"{partition_path}: no images of split {split!r} (partition {wanted}) among {len(partition)} rows"
+        )
+    return images
 
 
 def check_partition_agrees(table: AttributeTable, partition: dict[str, tuple[int, int]],
@@ -208,7 +276,6 @@ def check_partition_agrees(table: AttributeTable, partition: dict[str, tuple[int
         raise AttributeFormatError(
             f"{partition_path}:{line}: {image} is not in {table.path} (the files disagree)"
         )
-
 
 
 @dataclass(frozen=True)
@@ -240,3 +307,15 @@ def find_celeba(root: str | os.PathLike) -> CelebALayout:
         "and Kaggle's list_attr_celeba.csv)"
     )
 
+
+def read_celeba_split(layout: CelebALayout, split: str) -> AttributeTable:
+    """One split of CelebA's labels: the attribute file (official text or Kaggle CSV) and the partition,
+    checked against each other; the rows of `split`, in file order."""
+    table = read_attribute_csv(layout.attributes, celeba=True) if layout.kaggle else (
+        read_celeba_attributes(layout.attributes))  # fmt: skip
+    if not layout.partition.is_file():
+        raise FileNotFoundError(f"{layout.partition}: CelebA partition file not found")
+    partition = read_partition(layout.partition)
+    check_partition_agrees(table, partition, layout.partition)
+    wanted = set(split_images(partition, split, layout.partition))
+    return table.rows([i for i, image in enumerate(table.images) if image in wanted])

@@ -188,6 +188,7 @@ class GeolocationDataModule(TaskDataModule):
         self.predict_root = predict_root
         self._partitions: list[Partition] | None = None
         self._tables: dict[str, PhotoTable] = {}
+        self._leaves: dict[str, np.ndarray] = {}  # see `table_leaves`
         self.splits: dict[str, Dataset] = {}
 
     # -- what the model needs ----------------------------------------------------------------------
@@ -204,6 +205,14 @@ class GeolocationDataModule(TaskDataModule):
             if self._tables[split].skipped:
                 print(f"{csv_path}: skipped {self._tables[split].skipped} bad rows")
         return self._tables[split]
+
+    def table_leaves(self, split: str) -> np.ndarray:
+        """Leaf cell ids of a CSV split's photos, made once: partitioning the training photos and
+        labelling them take the same ids. `make_dataset` drops them once the split is labelled."""
+        if split not in self._leaves:
+            table = self.table(split)
+            self._leaves[split] = leaf_cell_ids(table.lat, table.lon)
+        return self._leaves[split]
 
     @property
     def partitions(self) -> list[Partition]:
@@ -225,6 +234,7 @@ class GeolocationDataModule(TaskDataModule):
                     t_min=self.t_min,
                     min_level=self.min_level,
                     max_level=self.max_level,
+                    leaf_ids=self.table_leaves("train") if self.dataset == "csv" else None,
                 )
                 for part in self._partitions:
                     print(
@@ -243,8 +253,14 @@ class GeolocationDataModule(TaskDataModule):
 
     def assign(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """(photos, partitions) classes of positions, -1 outside every kept cell of a partition."""
-        leaves = leaf_cell_ids(lat, lon)
-        return np.stack([part.assign(leaves) for part in self.partitions], axis=1)
+        return self.classify(leaf_cell_ids(lat, lon))
+
+    def classify(self, leaves: np.ndarray) -> np.ndarray:
+        """`assign` from leaf cell ids, a partition at a time into one array (no stack of copies)."""
+        labels = np.empty((len(leaves), len(self.partitions)), np.int64)
+        for k, part in enumerate(self.partitions):
+            labels[:, k] = part.assign(leaves)
+        return labels
 
     # -- datasets ----------------------------------------------------------------------------------
     def train_transform(self) -> A.Compose:
@@ -281,10 +297,12 @@ class GeolocationDataModule(TaskDataModule):
         _, images = self.files[split]
         if images is None:
             raise ValueError(f"dataset=csv needs {split}_images (the image root of {table.path})")
+        labels = self.classify(self.table_leaves(split))
+        del self._leaves[split]
         return GeoImages(
             table,
             images,
-            labels=self.assign(table.lat, table.lon),
+            labels=labels,
             image_pattern=self.image_pattern,
             transform=transform or classification_eval(self.image_size),
         )
