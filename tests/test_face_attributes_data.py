@@ -257,8 +257,13 @@ def test_attribute_csv_errors_name_the_file_and_line(tmp_path, body, message):
 def test_attribute_csv_refuses_bytes_records_and_names_it_cannot_use(tmp_path, data, message):
     path = tmp_path / "labels.csv"
     path.write_bytes(b"image,Smiling\n" + data)
-    with pytest.raises(AttributeFormatError, match=message):
-        AttributeCSV(path, tmp_path)
+    # csv's field limit is process-wide and some libraries raise it on import: test at the default
+    default_limit = csv.field_size_limit(131_072)
+    try:
+        with pytest.raises(AttributeFormatError, match=message):
+            AttributeCSV(path, tmp_path)
+    finally:
+        csv.field_size_limit(default_limit)
 
 
 def test_celeba_files_it_cannot_use_are_errors_naming_the_file_and_line(tmp_path):
