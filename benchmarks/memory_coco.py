@@ -12,7 +12,6 @@ set-up and after iterating, and of each worker (measured as in `peak_memory.py`)
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -20,7 +19,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from peak_memory import measure_iteration, measure_setup, print_report, run_child  # on the path
+from peak_memory import (  # on the path
+    benchmark_parser,
+    measure_iteration,
+    measure_setup,
+    print_report,
+    run_child,
+)
 
 SIDE = 32  # pixels of every tiny image (and of every record's width/height)
 TINY_IMAGES = 50
@@ -86,13 +91,9 @@ def measure(root: Path, annotations: Path, *, batches: int, workers: int) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200_000)
     parser.add_argument("--boxes", type=int, default=1_500_000)
-    parser.add_argument("--batches", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: the measuring child
     args = parser.parse_args(argv)
     if args.measure is not None:
         print(json.dumps(measure(args.measure, args.measure / "train.json", batches=args.batches,

@@ -16,7 +16,6 @@ symlinked folders, so the run measures the table side, not decoding. Reports pea
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from geolocation_partition_speed import clustered  # benchmarks/ is on the path
-from peak_memory import measure_iteration, measure_setup, print_report, run_child
+from peak_memory import benchmark_parser, measure_iteration, measure_setup, print_report, run_child
 
 HEADER = "IMG_ID,AUTHOR,LAT,LON,S3_Label,S16_Label,S365_Label,Prob_indoor,Prob_natural,Prob_urban"
 FANOUT = 256  # MP-16's two levels of hex folders: `e9/0d/...`
@@ -104,12 +103,8 @@ def measure(root: Path, *, batches: int, workers: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("--batches", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: the measuring child
     args = parser.parse_args(argv)
     if args.measure is not None:
         import json

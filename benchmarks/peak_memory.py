@@ -9,6 +9,7 @@ parent's pages until they touch them, so a worker's peak shows what iterating co
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -18,6 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 LIMIT_GIB = 2.0
+
+
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The options every memory benchmark takes; `--measure DIR` runs the measuring child on a built set."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: the measuring child
+    return parser
 
 
 def peak_rss_mib(pid: int | str = "self") -> float:
