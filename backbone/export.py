@@ -14,7 +14,7 @@ Only the arithmetic ops (Conv, Gemm, MatMul and the ReLU6 clips folded into them
 whatever a task model computes after its network (box decoding, L2 normalisation, the flip of a
 flip test) stays in float. Per-tensor weights (`--per-tensor`) exist only to measure why they are
 not the default: they wreck MobileNet accuracy.
-This module knows nothing of tasks; `tasks.deploy` exports whole task models with these pieces.
+This module knows nothing of tasks; `tasks.common.deploy` exports whole task models with these pieces.
 """
 
 from __future__ import annotations

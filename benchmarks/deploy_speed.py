@@ -3,7 +3,7 @@
 Candidates: timm's `mobilenetv1_100` in eager PyTorch (the reference every ratio is taken to), ours in
 eager PyTorch (NCHW), ours channels-last with BatchNorm folded, `torch.compile` (with `--compile`;
 inductor's compile takes minutes on 2 cores), ONNX Runtime fp32 and ONNX Runtime static int8 (QDQ,
-per-channel; `tasks.deploy` / `backbone.export.quantize_int8`), and, when the optional `openvino` extra
+per-channel; `tasks.common.deploy` / `backbone.export.quantize_int8`), and, when the optional `openvino` extra
 is installed (`pip install -e .[openvino]`), OpenVINO fp32 on the same ONNX file, OpenVINO on ORT's
 QDQ int8 file and OpenVINO + NNCF int8 (`nncf.quantize`, same calibration images); without it those
 rows are skipped with a note. Each model is timed at batch 1 and 32 and at 1 and 2 threads; rounds
@@ -54,17 +54,18 @@ PROBE_SIDE = 1024
 
 def task_networks(args) -> dict[str, tuple[nn.Module, int, list[str]]]:
     """name -> (network as exported, input size, output names) for each task model asked for."""
-    from tasks import deploy
+    from tasks.common import deploy
+    from tasks.export_cli import deployments
 
     networks = {}
     for task in args.tasks:
         checkpoint = getattr(args, f"checkpoint_{task.replace('-', '_')}")
         if checkpoint:
             saved = deploy.read_checkpoint(checkpoint)
-            target = deploy.recognise_task(saved, checkpoint)
-            module = deploy.load_task_module(saved, target, checkpoint)
+            deployment = deploy.recognise_task(saved, deployments(), checkpoint)
+            module = deploy.load_task_module(saved, deployment, checkpoint)
             data = saved.get("datamodule_hyper_parameters") or {}
-            exportable = deploy.EXPORTABLES[target.task](module, data, checkpoint)
+            exportable = deployment.exportable(module, data, checkpoint)
         else:
             exportable = random_task(task)
         networks[task] = (exportable.network.eval(), exportable.image_size, exportable.output_names)
@@ -82,13 +83,13 @@ RANDOM_TASKS = {
 
 
 def random_task(task: str):
-    from tasks import deploy
+    from tasks.cli import TASKS
     from tasks.common.lightning_cli import load_object
 
     path, options, size = RANDOM_TASKS[task]
     module = load_object(path)(**options, backbone={"width_mult": 0.25})
     calibrate_batchnorm(module, size, module.detector.backbone if task == "detection" else None)
-    return deploy.EXPORTABLES[task](module, {"image_size": size}, "random")
+    return TASKS[task].deployment().exportable(module, {"image_size": size}, "random")
 
 
 def compiled(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], object]:

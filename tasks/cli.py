@@ -18,6 +18,7 @@ TASKS = {
     for spec in (
         TaskSpec(
             name="finegrained",
+            deploy="tasks.finegrained.deploy:DEPLOYMENT",
             module="tasks.finegrained.module:FineGrainedModule",
             datamodule="tasks.finegrained.data:FineGrainedDataModule",
             monitor="val/top1",
@@ -25,6 +26,7 @@ TASKS = {
         ),
         TaskSpec(
             name="detection",
+            deploy="tasks.detection.deploy:DEPLOYMENT",
             module="tasks.detection.module:DetectionModule",
             datamodule="tasks.detection.data:CocoDataModule",
             monitor="val/AP",
@@ -34,6 +36,7 @@ TASKS = {
         ),
         TaskSpec(
             name="face-embedding",
+            deploy="tasks.face_embedding.deploy:DEPLOYMENT",
             module="tasks.face_embedding.module:FaceEmbeddingModule",
             datamodule="tasks.face_embedding.data:FaceDataModule",
             monitor="val/lfw_accuracy",
@@ -48,6 +51,7 @@ TASKS = {
         ),
         TaskSpec(
             name="geolocation",
+            deploy="tasks.geolocation.deploy:DEPLOYMENT",
             module="tasks.geolocation.module:GeolocationModule",
             datamodule="tasks.geolocation.data:GeolocationDataModule",
             monitor="val/geoscore",
@@ -63,6 +67,7 @@ TASKS = {
         ),
         TaskSpec(
             name="face-attributes",
+            deploy="tasks.face_attributes.deploy:DEPLOYMENT",
             module="tasks.face_attributes.module:FaceAttributesModule",
             datamodule="tasks.face_attributes.data:FaceAttributesDataModule",
             monitor="val/mean_ap",
@@ -74,7 +79,7 @@ TASKS = {
 
 TOOLS = {
     "profile": "tasks.profile_cli:main",
-    "export": "tasks.deploy:main_export",  # a task checkpoint (--checkpoint) or the bare backbone
+    "export": "tasks.export_cli:main",  # a task checkpoint (--checkpoint) or the bare backbone
     "data": "tasks.data_cli:main",
 }
 

@@ -14,17 +14,13 @@ import torch
 
 from backbone.export import needs_reduced_range
 from tasks.cli import TASKS
+from tasks.common.deploy import DeployError, attach_runtime, load_deployed, split_runtime_args
+from tasks.common.deploy import export_task as export_one
 from tasks.common.lightning_cli import RUN_VERSION_ENV, run_task_cli
-from tasks.deploy import (
-    RUNNERS,
-    TARGET_OF,
-    SSDNetwork,
-    export_task,
-    load_deployed,
-    main_export,
-    split_runtime_args,
-)
+from tasks.detection.deploy import SSDNetwork
 from tasks.detection.module import DetectionModule
+from tasks.export_cli import deployments
+from tasks.export_cli import main as main_export
 from tasks.face_attributes.module import FaceAttributesModule
 from tasks.face_embedding.module import FaceEmbeddingModule
 from tasks.finegrained.module import FineGrainedModule
@@ -32,6 +28,19 @@ from tasks.finegrained.synthetic import SyntheticFineGrained
 from tasks.geolocation.module import GeolocationModule
 
 BACKBONE = {"width_mult": 0.25}
+DEPLOYMENT = {task: spec.deployment() for task, spec in TASKS.items()}
+
+
+def export_task(checkpoint, out, **options) -> Path:
+    """`export_task` among every task's deployment, as `mobilenets export --checkpoint` does."""
+    return export_one(checkpoint, out, deployments(), **options)
+
+
+def test_every_task_deploys_its_own_module_and_nothing_else():
+    assert [d.task for d in deployments()] == list(TASKS)
+    for task, spec in TASKS.items():
+        assert (DEPLOYMENT[task].task, DEPLOYMENT[task].module) == (task, spec.module)
+        assert DEPLOYMENT[task].exportable.__module__ == spec.deploy.partition(":")[0]
 
 
 def calibrated(module: torch.nn.Module, size: int) -> torch.nn.Module:
@@ -146,12 +155,12 @@ def test_every_exported_fp32_task_model_equals_pytorch(task, tmp_path, capsys):
     assert main_export(["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
     assert f"{task} model, fp32" in capsys.readouterr().out
     onnx.checker.check_model(str(out))
-    deployed = load_deployed(out)
-    assert type(deployed) is RUNNERS[task] and deployed.task == task and not deployed.int8
+    deployed = load_deployed(out, DEPLOYMENT[task])
+    assert type(deployed) is DEPLOYMENT[task].runner and deployed.task == task and not deployed.int8
     assert deployed.image_size == size and metadata.items() <= deployed.metadata.items()
     x = images(3, size)
     with torch.inference_mode():
-        expected = getattr(module, TARGET_OF[task].network)(x)  # what `attach_runtime` replaces
+        expected = getattr(module, DEPLOYMENT[task].network)(x)  # what `attach_runtime` replaces
     got = deployed(x)
     if task == "geolocation":  # one logits tensor per partition, coarse to fine
         assert isinstance(got, list) and [g.shape[1] for g in got] == [3, 7, 12]
@@ -167,7 +176,7 @@ def test_ssd_export_equals_pytorch_outputs_and_detections(tmp_path):
     torch.manual_seed(0)
     module = calibrated(DetectionModule(num_classes=3, image_size=96, backbone=BACKBONE), 96)
     ckpt = save_checkpoint(module, tmp_path / "ssd.ckpt", {"image_size": 96})
-    deployed = load_deployed(export_task(ckpt, tmp_path / "ssd.onnx"))
+    deployed = load_deployed(export_task(ckpt, tmp_path / "ssd.onnx"), DEPLOYMENT["detection"])
     x = images(2, 96)
     with torch.inference_mode():
         boxes, scores = SSDNetwork(module.detector, 96).eval()(x)
@@ -198,10 +207,10 @@ def test_int8_keeps_a_trained_classifiers_decisions_and_the_task_test_scores_it(
     # Seed to seed, training sits at chance for a varying number of epochs before it finds the stripes:
     # 600 images a class for 8 epochs at lr 0.1 reached 0.97/0.98 at seeds 1/2 but 0.625 at seed 0.
     assert fit["val/top1"] > 0.6
-    fp32 = load_deployed(export_task(ckpt, tmp_path / "fg.onnx"))
+    fp32 = load_deployed(export_task(ckpt, tmp_path / "fg.onnx"), DEPLOYMENT["finegrained"])
     assert main_export(["--checkpoint", str(ckpt), "--int8", "--calibration-synthetic", "256",
                         "--out", str(tmp_path / "fg-int8.onnx")]) == 0  # fmt: skip
-    int8 = load_deployed(tmp_path / "fg-int8.onnx")
+    int8 = load_deployed(tmp_path / "fg-int8.onnx", DEPLOYMENT["finegrained"])
     assert int8.int8 and int8.metadata["int8"]["per_channel"]
     assert int8.metadata["int8"]["weights"] == ("S7" if needs_reduced_range() else "S8")
     graph = onnx.load(str(tmp_path / "fg-int8.onnx")).graph
@@ -234,17 +243,18 @@ def test_runtime_without_a_model_exports_the_checkpoint_and_checks_precision(tmp
     module = calibrated(FineGrainedModule(num_classes=4, backbone=BACKBONE), 48)
     ckpt = save_checkpoint(module, tmp_path / "fg.ckpt", {"image_size": 48})
     export_task(ckpt, tmp_path / "fg.onnx")
-    from tasks.deploy import DeployError, attach_runtime
-
+    finegrained, face = DEPLOYMENT["finegrained"], DEPLOYMENT["face-embedding"]
     with pytest.raises(DeployError, match="an fp32 model, but --runtime is onnx-int8"):
-        attach_runtime(module, "onnx-int8", model=tmp_path / "fg.onnx")
+        attach_runtime(module, "onnx-int8", finegrained, model=tmp_path / "fg.onnx")
     with pytest.raises(DeployError, match="a finegrained model, but this is `mobilenets face-embedding`"):
-        face = FaceEmbeddingModule(embedding_dim=8, backbone=BACKBONE)
-        attach_runtime(face, "onnx", model=tmp_path / "fg.onnx")
+        attach_runtime(FaceEmbeddingModule(embedding_dim=8, backbone=BACKBONE), "onnx", face,
+                       model=tmp_path / "fg.onnx")  # fmt: skip
+    with pytest.raises(DeployError, match="cannot recognise the task.*Known: face-embedding"):
+        attach_runtime(FaceEmbeddingModule(embedding_dim=8, backbone=BACKBONE), "onnx", face, ckpt_path=ckpt)
     x = images(2, 48)
     with torch.inference_mode():
         expected = module(x)
-    deployed = attach_runtime(module, "onnx", ckpt_path=ckpt, out_dir=tmp_path / "run")
+    deployed = attach_runtime(module, "onnx", finegrained, ckpt_path=ckpt, out_dir=tmp_path / "run")
     assert (tmp_path / "run" / "model.onnx").is_file()
     assert (module(x) - expected).abs().max().item() <= 1e-4  # the module's forward now runs ORT
     assert module.deployed_model is deployed
@@ -314,7 +324,7 @@ def test_calibration_folder_images_are_read_the_tasks_way(tmp_path):
     (folder / "broken.jpg").write_bytes(b"x")
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         path = export_task(ckpt, tmp_path / "q.onnx", int8=True, calibration=tmp_path / "calibration")
-    assert load_deployed(path).metadata["int8"]["calibration_images"] == 6
+    assert load_deployed(path, DEPLOYMENT["finegrained"]).metadata["int8"]["calibration_images"] == 6
 
 
 FACE_ARGS = [

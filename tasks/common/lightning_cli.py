@@ -55,10 +55,16 @@ class TaskSpec:
     tools: dict[str, str] = field(default_factory=dict)
     # (data attribute, model argument) pairs filled in once the data module exists, e.g. the class count
     links: tuple[tuple[str, str], ...] = ()
+    # "tasks.<task>.deploy:DEPLOYMENT", a `tasks.common.deploy.TaskDeployment`: `mobilenets export
+    # --checkpoint` and `--runtime onnx|onnx-int8` for the task; None: not exportable
+    deploy: str | None = None
 
     @property
     def default_config_path(self) -> Path:
         return CONFIG_ROOT / self.name.replace("-", "_") / self.default_config
+
+    def deployment(self):
+        return load_object(self.deploy)
 
 
 def new_run_version(task: str) -> str:
@@ -344,7 +350,7 @@ class SuiteCLI(LightningCLI):
 
     spec: TaskSpec
     version: str
-    runtime: tuple[str, str | None] = ("torch", None)  # `--runtime`, `--model FILE.onnx` (tasks.deploy)
+    runtime: tuple[str, str | None] = ("torch", None)  # `--runtime`, `--model FILE.onnx` (common.deploy)
     resume_step: int | None = None  # the checkpoint's global step when this fit continues its own run
 
     def before_fit(self) -> None:
@@ -356,7 +362,7 @@ class SuiteCLI(LightningCLI):
                     logger.resume_at(self.resume_step)
 
     def before_validate(self) -> None:
-        from tasks.deploy import attach_cli_runtime
+        from tasks.common.deploy import attach_cli_runtime
 
         attach_cli_runtime(self)
 
@@ -401,7 +407,7 @@ def run_task_cli(spec: TaskSpec, args: list[str]) -> LightningCLI:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # TensorBoard and CSV logs share the run directory on purpose.
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-    from tasks.deploy import split_runtime_args  # `--runtime onnx|onnx-int8 [--model FILE.onnx]`
+    from tasks.common.deploy.runtime import split_runtime_args  # `--runtime R [--model FILE.onnx]`
 
     args, runtime = split_runtime_args(resolve_last_checkpoint(args, spec.name))
     ckpt = checkpoint_arg(args)

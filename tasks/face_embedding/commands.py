@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tasks.common.deploy.runtime import RUNTIMES
 from tasks.common.io import ImageReadError, read_image, write_text_atomic
 from tasks.face_embedding.data import IdentityFolder, ImageList, KeyedSyntheticFaces, face_eval_transform
 from tasks.face_embedding.index import KINDS, EmbeddingIndex, IndexFormatError
@@ -41,10 +42,9 @@ from tasks.face_embedding.model import FaceEmbedder, load_embedder
 from tasks.face_embedding.plots import save_match_grid
 
 if TYPE_CHECKING:
-    from tasks.deploy import OnnxModel
+    from tasks.common.deploy import OnnxModel
 
 EMBEDDER_FILE = "embedder.json"
-RUNTIMES = ("torch", "onnx", "onnx-int8")  # tasks.deploy.RUNTIMES, without importing onnx to list them
 
 
 @dataclass
@@ -117,10 +117,11 @@ def deploy_embedder(
         if model_file is not None:
             raise ValueError(f"--model {model_file}: an exported model runs with --runtime onnx or onnx-int8")
         return None
-    from tasks.deploy import load_runtime  # onnxruntime is the optional `deploy` extra
+    from tasks.common.deploy import load_runtime  # onnxruntime is the optional `deploy` extra
+    from tasks.face_embedding.deploy import DEPLOYMENT
 
     index_dir = Path(index_dir)
-    deployed = load_runtime(runtime, "face-embedding", model=model_file, ckpt_path=weights,
+    deployed = load_runtime(runtime, DEPLOYMENT, model=model_file, ckpt_path=weights,
                             out_dir=index_dir.with_name(f"{index_dir.name}-{runtime}"))  # fmt: skip
     found, wanted = (deployed.embedding_dim, deployed.image_size), (embedding_dim, image_size)
     if found != wanted:
@@ -213,7 +214,6 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="embed with PyTorch, or on ONNX Runtime (fp32 or int8)")  # fmt: skip
     parser.add_argument("--model", help="an exported embedder (`mobilenets export --checkpoint`); without "
                         "it, --runtime onnx* exports the checkpoint beside the index first")  # fmt: skip
-
 
 
 def main_index(argv: list[str]) -> int:

@@ -2,7 +2,7 @@
 
 int8 is `backbone.export.quantize_int8` (ONNX Runtime, `quant_pre_process`, QDQ, per-channel S8
 weights, 7-bit on an x86 CPU without VNNI, U8 activations) calibrated on images drawn the task's own
-way (`exportables.py`).
+way (each task's `TaskDeployment.exportable`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,19 @@ from backbone.export import (
     quantize_int8,
     read_metadata,
 )
-from tasks.deploy.exportables import EXPORTABLES
-from tasks.deploy.targets import DeployError, load_task_module, read_checkpoint, recognise_task
+from tasks.common.deploy.deployment import (
+    DeployError,
+    TaskDeployment,
+    load_task_module,
+    read_checkpoint,
+    recognise_task,
+)
 
 
 def export_task(
     checkpoint_path: str | os.PathLike,
     out: str | os.PathLike,
+    deployments: Sequence[TaskDeployment],
     *,
     int8: bool = False,
     calibration: str | os.PathLike | None = None,
@@ -40,14 +46,15 @@ def export_task(
     per_channel: bool = True,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """Export the task model in `checkpoint_path` to ONNX at `out` (int8 with calibration images)."""
+    """Export the task model in `checkpoint_path` (of one of `deployments`) to ONNX at `out` (int8 with
+    calibration images)."""
     checkpoint = read_checkpoint(checkpoint_path)
-    target = recognise_task(checkpoint, checkpoint_path)
-    module = load_task_module(checkpoint, target, checkpoint_path)
+    deployment = recognise_task(checkpoint, deployments, checkpoint_path)
+    module = load_task_module(checkpoint, deployment, checkpoint_path)
     data = checkpoint.get("datamodule_hyper_parameters") or {}
-    exportable = EXPORTABLES[target.task](module, data, checkpoint_path)
+    exportable = deployment.exportable(module, data, checkpoint_path)
     metadata = {
-        "task": target.task, "image_size": exportable.image_size, **exportable.metadata,
+        "task": deployment.task, "image_size": exportable.image_size, **exportable.metadata,
         "outputs": exportable.output_names, "checkpoint": str(Path(checkpoint_path).resolve()),
     }  # fmt: skip
     if int8:  # read the calibration images first: a bad folder fails before any work
@@ -68,8 +75,8 @@ def export_task(
         return quantize_int8(fp32, out, images, per_channel=per_channel)
 
 
-def main_export(argv: Sequence[str] | None = None) -> int:
-    """`mobilenets export`: a task checkpoint with `--checkpoint`, else the bare backbone."""
+def main_export(argv: Sequence[str] | None, deployments: Sequence[TaskDeployment]) -> int:
+    """`mobilenets export`: a checkpoint of one of `deployments` with `--checkpoint`, else the backbone."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(arg == "--checkpoint" or arg.startswith("--checkpoint=") for arg in argv):
         from backbone.export import main_export as export_backbone
@@ -90,7 +97,7 @@ def main_export(argv: Sequence[str] | None = None) -> int:
     check_int8_arguments(parser, args)
     try:
         path = export_task(
-            args.checkpoint, args.out, int8=args.int8, calibration=args.calibration,
+            args.checkpoint, args.out, deployments, int8=args.int8, calibration=args.calibration,
             calibration_synthetic=args.calibration_synthetic, calibration_count=args.calibration_count,
             per_channel=not args.per_tensor, opset=args.opset,
         )  # fmt: skip
@@ -99,7 +106,9 @@ def main_export(argv: Sequence[str] | None = None) -> int:
     metadata = read_metadata(path)
     precision = ("int8 " + ("per-channel" if metadata["int8"]["per_channel"] else "per-tensor")
                  if "int8" in metadata else "fp32")  # fmt: skip
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB; {metadata['task']} model, {precision}; "
-          f"inputs N x 3 x {metadata['image_size']} x {metadata['image_size']}; "
-          f"outputs {', '.join(metadata['outputs'])})")
+    print(
+        f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB; {metadata['task']} model, {precision}; "
+        f"inputs N x 3 x {metadata['image_size']} x {metadata['image_size']}; "
+        f"outputs {', '.join(metadata['outputs'])})"
+    )
     return 0
