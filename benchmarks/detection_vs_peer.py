@@ -41,7 +41,7 @@ from tasks.detection.metrics import DetectionResults, evaluate_coco
 
 ROOT = Path(__file__).absolute().parents[1]
 RECIPES = {"ssd": "configs/detection/ssd_own_data.yaml", "frcnn": "configs/detection/frcnn_own_data.yaml"}
-PEER_BATCH = {"ssd": 16, "frcnn": 8}
+PEER_BATCH = {"ssd": 16, "frcnn": 8, "frcnn-roi-budget": 8}
 PEERS = {"ssd": ["ssd"], "frcnn": ["frcnn", "frcnn-roi-budget"]}
 PEER_LR = 0.003
 IMAGE_SIZE = 192
@@ -121,7 +121,7 @@ def run_peer(peer: str, data: Path, args) -> dict:
     )  # fmt: skip
     val_set = CocoDetection(data / "val", data / "annotations/instances_val.json",
                             transform=detection_eval(IMAGE_SIZE))  # fmt: skip
-    loader = DataLoader(train_set, batch_size=PEER_BATCH[peer.split("-")[0]], shuffle=True,
+    loader = DataLoader(train_set, batch_size=PEER_BATCH[peer], shuffle=True,
                         collate_fn=detection_collate, num_workers=args.workers,
                         persistent_workers=args.workers > 0, drop_last=True)  # fmt: skip
     model = build_peer(peer, train_set.num_classes, IMAGE_SIZE)

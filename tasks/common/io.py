@@ -163,8 +163,9 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def unsafe_relative_name(name: str) -> bool:
     """True for an image name from a data file that would read outside its image folder (or nothing):
     empty, absolute, a drive, a `..` part (with `/` or `\\`), or a NUL byte. Every parser that takes
-    image paths from a file the user did not write (COCO `file_name`, CelebA and attribute CSV rows,
-    photo CSV ids) refuses these, since joining one to the image root would escape it."""
+    image paths from a file the user did not write (COCO `file_name`, Stanford Dogs' split lists,
+    CelebA and attribute CSV rows, photo CSV ids) refuses these, since joining one to the image root
+    would escape it."""
     posix = name.replace("\\", "/")
     if not posix or posix.startswith("/") or ".." in posix.split("/") or "\0" in name:
         return True

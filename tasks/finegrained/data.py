@@ -22,6 +22,7 @@ from torchvision.datasets.folder import find_classes
 
 from tasks.common.classification import ImageFiles, ImageFolderDataset, KeyedImages, LabelledImages
 from tasks.common.data import DEFAULT_NUM_WORKERS, TaskDataModule
+from tasks.common.io import unsafe_relative_name
 from tasks.common.transforms import build_augmentation, classification_eval, classification_train
 from tasks.finegrained.synthetic import SyntheticFineGrained
 
@@ -146,7 +147,7 @@ def _read_split_list(path: Path) -> list[tuple[str, int]]:
             raise ValueError(
                 f"{path}: record {record} ({relative}) has label {label}; labels are 1-based integers"
             )
-        if not relative or relative.startswith("/") or ".." in relative.split("/") or "/" not in relative:
+        if unsafe_relative_name(relative) or "/" not in relative:
             raise ValueError(
                 f"{path}: record {record} has file {relative!r}; expected '<wnid>-<breed>/<file>.jpg' "
                 "relative to Images/"
